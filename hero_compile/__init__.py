@@ -1,0 +1,45 @@
+"""hero-compile: HERO (hierarchical extrapolation and refresh) as a ``torch.compile`` backend.
+
+``torch.compile(model, backend="hero")`` is all most users write; :func:`backend` builds a configured one.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from hero_compile.backend import DEFAULT_BACKEND, HeroBackend
+from hero_compile.config import HeroConfig
+from hero_compile.stats import GraphStats, HeroStats
+
+__all__ = ["GraphStats", "HeroBackend", "HeroConfig", "HeroStats", "backend", "reset", "stats"]
+
+BACKEND_NAME = "hero"
+
+
+def backend(config: HeroConfig | None = None) -> HeroBackend:
+    """A HERO backend with ``config``, to pass as ``torch.compile(model, backend=...)``."""
+    return HeroBackend(config)
+
+
+def reset() -> None:
+    """Start a new generation in every graph compiled with ``backend="hero"`` (also detected automatically)."""
+    DEFAULT_BACKEND.reset()
+
+
+def stats() -> HeroStats:
+    """What the default ``"hero"`` backend did, per compiled graph."""
+    return DEFAULT_BACKEND.stats()
+
+
+def _register_without_entry_point() -> None:
+    # An installed package registers "hero" through its entry point; registering it here as well would make
+    # Dynamo's look-up fail on a duplicate name. A source checkout on sys.path has no entry point.
+    if any(ep.name == BACKEND_NAME for ep in entry_points(group="torch_dynamo_backends")):
+        return
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+
+    if BACKEND_NAME not in _COMPILER_FNS:
+        register_backend(DEFAULT_BACKEND, name=BACKEND_NAME)
+
+
+_register_without_entry_point()

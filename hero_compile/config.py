@@ -1,0 +1,88 @@
+"""The user-facing configuration of the HERO backend."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Lowering = Literal["inductor", "aot_eager", "eager"]
+CacheTarget = Literal["residual", "output"]
+
+_LOWERINGS = ("inductor", "aot_eager", "eager")
+_CACHE_TARGETS = ("residual", "output")
+
+
+@dataclass(frozen=True)
+class HeroConfig:
+    """How HERO accelerates a denoiser. Every field is validated; a wrong value raises ``ValueError``.
+
+    Attributes:
+        refresh_ratio: share of tokens a shallow block recomputes on a cheap step, in (0, 1]. Lower is
+            faster; every token is still refreshed at least once every ``ceil(1 / refresh_ratio)`` cheap steps.
+        patch_size: side, in tokens, of the square spatial patches the refresh subset is balanced over (>= 1).
+        warmup_steps: denoising steps computed in full at the start of a generation (>= 0). They fill the
+            extrapolation history; fewer than ``extrapolation_order + 1`` lowers the order used early on.
+        interval: one step in ``interval`` after warm-up is computed in full, the others are cheap (>= 1).
+            1 disables acceleration; larger is faster and drifts further from full compute.
+        final_full_steps: the last steps of a generation computed in full (>= 0), where fine detail forms.
+            Applied once the generation's length is known: from the previous generation with the same
+            timestep schedule.
+        split: index of the first deep block (extrapolated on cheap steps), or ``"auto"`` to choose it
+            from the block count. 0 extrapolates the whole stack; the block count extrapolates nothing.
+        extrapolation_order: 0 reuses the last full step's deep feature (FORA-like), 1 extrapolates
+            linearly in the timestep (HERO), 2 quadratically. Higher orders need more history and amplify noise.
+        cache_target: what the deep segment caches: ``"residual"`` (its output minus its input, added to the
+            current input on cheap steps) or ``"output"`` (its output, used as is).
+        lowering: how the graph variants are compiled: ``"inductor"`` (fast), ``"aot_eager"`` (quick to
+            compile, for tests), or ``"eager"`` (plain FX, for debugging).
+        enabled: ``False`` compiles the graph exactly as plain ``backend="inductor"`` would.
+    """
+
+    refresh_ratio: float = 0.25
+    patch_size: int = 2
+    warmup_steps: int = 2
+    interval: int = 3
+    final_full_steps: int = 1
+    split: int | Literal["auto"] = "auto"
+    extrapolation_order: int = 1
+    cache_target: CacheTarget = "residual"
+    lowering: Lowering = "inductor"
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.refresh_ratio, (int, float)) and 0.0 < self.refresh_ratio <= 1.0,
+               "refresh_ratio", self.refresh_ratio, "a number in (0, 1]")
+        _check(_is_int(self.patch_size) and self.patch_size >= 1, "patch_size", self.patch_size, "an int >= 1")
+        _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0,
+               "warmup_steps", self.warmup_steps, "an int >= 0")
+        _check(_is_int(self.interval) and self.interval >= 1, "interval", self.interval, "an int >= 1")
+        _check(_is_int(self.final_full_steps) and self.final_full_steps >= 0,
+               "final_full_steps", self.final_full_steps, "an int >= 0")
+        _check(self.split == "auto" or (_is_int(self.split) and self.split >= 0),
+               "split", self.split, "'auto' or an int >= 0")
+        _check(_is_int(self.extrapolation_order) and self.extrapolation_order in (0, 1, 2),
+               "extrapolation_order", self.extrapolation_order, "0, 1 or 2")
+        _check(self.cache_target in _CACHE_TARGETS, "cache_target", self.cache_target, f"one of {_CACHE_TARGETS}")
+        _check(self.lowering in _LOWERINGS, "lowering", self.lowering, f"one of {_LOWERINGS}")
+        _check(isinstance(self.enabled, bool), "enabled", self.enabled, "a bool")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> HeroConfig:
+        """A copy with ``changes`` applied (validated like the constructor)."""
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise ValueError(f"unknown HeroConfig field(s) {unknown}; valid fields are {list(self.field_names())}")
+        return dataclasses.replace(self, **changes)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(ok: bool, field: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"HeroConfig.{field} must be {allowed}, got {value!r}")

@@ -1,0 +1,191 @@
+"""Find the stack of transformer blocks in a Dynamo FX graph.
+
+Dynamo inlines modules, so the graph is flat; each call node carries ``meta["nn_module_stack"]``, whose
+entries name the modules the call ran inside (``L['self'].transformer_blocks.3.attn1``). The children of a
+container that end in an index (``<prefix>.<i>``) and whose subgraphs have the same sequence of ops are the
+blocks. Nothing here knows a model class: the structure is read off the graph.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch.fx as fx
+from torch._dynamo.utils import counters
+
+from hero_compile.passes.errors import RewriteUnsupported
+
+_INDEXED_CHILD = re.compile(r"^(?P<prefix>.+)\.(?P<index>\d+)$")
+
+MIN_BLOCKS = 2
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the stack. Node names refer to the graph the stack was discovered in."""
+
+    index: int
+    path: str
+    nodes: tuple[str, ...]
+    inputs: tuple[str, ...]
+    """Values the block reads that it does not compute (activations, parameters), in order of first use."""
+    outputs: tuple[str, ...]
+    """Values the block computes that are read after it, in graph order."""
+
+
+@dataclass(frozen=True)
+class InputSlot:
+    """Where a block first reads one of its inputs: ``(node position in the block, argument position)``.
+
+    Blocks have the same op sequence, so a slot names the same role in every block of the stack.
+    """
+
+    position: int
+    argument: int
+
+
+@dataclass(frozen=True)
+class BlockStack:
+    """The block stack of a graph and the code around it."""
+
+    path: str
+    blocks: tuple[Block, ...]
+    prelude: tuple[str, ...]
+    postlude: tuple[str, ...]
+    stream_slots: tuple[InputSlot, ...]
+    """Input slots through which one block passes its tokens to the next (hidden states, text states)."""
+
+    @property
+    def paths(self) -> list[str]:
+        return [block.path for block in self.blocks]
+
+    def input_at(self, block: Block, slot: InputSlot, nodes: dict[str, fx.Node]) -> fx.Node:
+        """The value that ``block`` reads through ``slot``; ``nodes`` maps names to nodes of the graph."""
+        return flat_args(nodes[block.nodes[slot.position]])[slot.argument]
+
+    def slot_fed_by(self, position: int, nodes: dict[str, fx.Node]) -> InputSlot | None:
+        """The stream slot of the next block that the value at ``position`` of a block feeds, if any."""
+        for upstream, downstream in zip(self.blocks, self.blocks[1:]):
+            for slot in self.stream_slots:
+                if self.input_at(downstream, slot, nodes).name == upstream.nodes[position]:
+                    return slot
+        return None
+
+
+def discover_blocks(gm: fx.GraphModule) -> BlockStack:
+    """Find the block stack of ``gm``; raises :class:`RewriteUnsupported` with the reason if there is none."""
+    graph = gm.graph
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    owner = _block_owner_of_each_node(graph)
+    prefix, members = _largest_stack(owner)
+    blocks_nodes = [members[i] for i in sorted(members)]
+    run = _longest_identical_run(blocks_nodes)
+    blocks_nodes = blocks_nodes[run.start:run.stop]
+    indices = sorted(members)[run.start:run.stop]
+    if len(blocks_nodes) < MIN_BLOCKS:
+        raise RewriteUnsupported(f"no repeated block stack (found {len(blocks_nodes)} block(s) under {prefix!r})")
+
+    first, last = order[blocks_nodes[0][0]], order[blocks_nodes[-1][-1]]
+    in_stack = {node for nodes in blocks_nodes for node in nodes}
+    for node in graph.nodes:
+        if first <= order[node] <= last and node not in in_stack and node.op != "placeholder":
+            raise RewriteUnsupported(f"node {node.name!r} ({node.target}) runs between blocks, outside any block")
+    for earlier, later in zip(blocks_nodes, blocks_nodes[1:]):
+        if order[earlier[-1]] > order[later[0]]:
+            raise RewriteUnsupported("blocks are interleaved in the graph")
+
+    blocks = tuple(
+        _make_block(i, f"{prefix}.{index}", nodes) for i, (index, nodes) in enumerate(zip(indices, blocks_nodes))
+    )
+    stack = BlockStack(
+        path=prefix,
+        blocks=blocks,
+        prelude=tuple(n.name for n in graph.nodes if n.op != "placeholder" and order[n] < first),
+        postlude=tuple(n.name for n in graph.nodes if n.op not in ("placeholder", "output") and order[n] > last),
+        stream_slots=_stream_slots(blocks_nodes),
+    )
+    if not stack.stream_slots:
+        raise RewriteUnsupported("blocks do not pass any value from one to the next")
+    counters["hero"]["blocks_discovered"] += len(blocks)
+    return stack
+
+
+def _block_owner_of_each_node(graph: fx.Graph) -> dict[fx.Node, tuple[str, int]]:
+    """For each computing node, the outermost indexed container child it runs in: ``(prefix, index)``."""
+    owner = {}
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+            match = _INDEXED_CHILD.match(path)
+            if match:
+                owner[node] = (match["prefix"], int(match["index"]))
+                break
+    return owner
+
+
+def _largest_stack(owner: dict[fx.Node, tuple[str, int]]) -> tuple[str, dict[int, list[fx.Node]]]:
+    """The container prefix whose indexed children hold the most nodes."""
+    by_prefix: dict[str, dict[int, list[fx.Node]]] = defaultdict(lambda: defaultdict(list))
+    for node, (prefix, index) in owner.items():
+        by_prefix[prefix][index].append(node)
+    if not by_prefix:
+        raise RewriteUnsupported("no module of the graph is an indexed child of a container (no block stack)")
+    prefix = max(by_prefix, key=lambda p: sum(len(nodes) for nodes in by_prefix[p].values()))
+    return prefix, by_prefix[prefix]
+
+
+def _signature(nodes: list[fx.Node]) -> tuple[tuple[str, str], ...]:
+    return tuple((n.op, _target_name(n.target)) for n in nodes)
+
+
+def _target_name(target: object) -> str:
+    return target if isinstance(target, str) else getattr(target, "__qualname__", None) or repr(target)
+
+
+def _longest_identical_run(blocks_nodes: list[list[fx.Node]]) -> range:
+    """The longest run of consecutive blocks with the same op sequence (a stack may end in a variant block)."""
+    best = range(0, 0)
+    start = 0
+    for i in range(1, len(blocks_nodes) + 1):
+        if i == len(blocks_nodes) or _signature(blocks_nodes[i]) != _signature(blocks_nodes[start]):
+            if i - start > len(best):
+                best = range(start, i)
+            start = i
+    return best
+
+
+def _make_block(index: int, path: str, nodes: list[fx.Node]) -> Block:
+    inside = set(nodes)
+    inputs: dict[str, None] = {}
+    for node in nodes:
+        for arg in flat_args(node):
+            if arg not in inside:
+                inputs[arg.name] = None
+    outputs = [n.name for n in nodes if any(user not in inside for user in n.users)]
+    return Block(index, path, tuple(n.name for n in nodes), tuple(inputs), tuple(outputs))
+
+
+def _stream_slots(blocks_nodes: list[list[fx.Node]]) -> tuple[InputSlot, ...]:
+    """Slots that, in some block after the first, read a value computed by the block before it."""
+    slots: dict[InputSlot, None] = {}
+    for previous, current in zip(blocks_nodes, blocks_nodes[1:]):
+        produced = set(previous)
+        for position, node in enumerate(current):
+            for argument, arg in enumerate(flat_args(node)):
+                if arg in produced:
+                    slots[InputSlot(position, argument)] = None
+    return tuple(slots)
+
+
+def flat_args(node: fx.Node) -> list[fx.Node]:
+    """The node's inputs in a fixed order (positional, then keyword), nested containers flattened."""
+    flat: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), flat.append)
+    return flat
+
+
+def nodes_by_name(graph: fx.Graph) -> dict[str, fx.Node]:
+    return {node.name: node for node in graph.nodes}

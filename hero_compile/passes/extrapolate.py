@@ -1,0 +1,157 @@
+"""Deep-block extrapolation: the ``full`` variant exports the deep segment's feature, the ``cheap`` one predicts it.
+
+The deep segment is blocks ``split..end``. Each value the rest of the graph reads from it is a *stream*
+(hidden states; text states in dual-stream models). Its cached feature is the segment's residual (output
+minus the segment's input of the same stream) or its output. On a cheap step the segment is removed and
+every stream is predicted as ``sum_i coefficients[i] * history_i`` (plus the current input for residuals):
+the coefficients are a tensor input computed on the host, so one graph serves every step and order.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch._dynamo.utils import counters
+
+from hero_compile.config import CacheTarget
+from hero_compile.passes.discover_blocks import Block, BlockStack, flat_args, nodes_by_name
+from hero_compile.passes.errors import RewriteUnsupported
+from hero_compile.passes.graph_copy import copy_graph, new_graph_module
+
+
+@dataclass(frozen=True)
+class DeepStream:
+    """One value read out of the deep segment and how it is cached."""
+
+    output: str
+    """The node of the segment the rest of the graph reads."""
+    base: str | None
+    """The segment's input of the same stream when the residual is cached, else ``None`` (output cached)."""
+
+
+@dataclass(frozen=True)
+class DeepSegment:
+    """What the cheap variant skips, and the history it needs instead."""
+
+    split: int
+    blocks: tuple[Block, ...]
+    streams: tuple[DeepStream, ...]
+    history_length: int
+
+    @property
+    def nodes(self) -> frozenset[str]:
+        return frozenset(name for block in self.blocks for name in block.nodes)
+
+
+def plan_deep_segment(
+    gm: fx.GraphModule, stack: BlockStack, split: int, cache_target: CacheTarget, history_length: int
+) -> DeepSegment:
+    """Which values leave blocks ``split..end`` and what to cache for each."""
+    if not 0 <= split < len(stack.blocks):
+        raise ValueError(f"split {split} leaves no deep block in a stack of {len(stack.blocks)}")
+    nodes = nodes_by_name(gm.graph)
+    blocks = stack.blocks[split:]
+    inside = {name for block in blocks for name in block.nodes}
+    for name in inside:
+        node = nodes[name]
+        if node.is_impure() or _mutates_outside(node, inside):
+            raise RewriteUnsupported(f"deep-block node {name!r} ({node.target}) has side effects; it cannot be skipped")
+
+    streams = []
+    for block in blocks:
+        for name in block.outputs:
+            if all(user.name in inside for user in nodes[name].users):
+                continue
+            base = _residual_base(stack, blocks[0], block.nodes.index(name), nodes) if cache_target == "residual" else None
+            streams.append(DeepStream(output=name, base=base))
+    return DeepSegment(split, blocks, tuple(streams), history_length)
+
+
+def _mutates_outside(node: fx.Node, inside: set[str]) -> bool:
+    """An in-place method (``x.add_(...)``) on a value the segment did not create."""
+    in_place = isinstance(node.target, str) and node.target.endswith("_") and not node.target.endswith("__")
+    return node.op == "call_method" and in_place and flat_args(node)[0].name not in inside
+
+
+def _residual_base(stack: BlockStack, first_deep: Block, position: int, nodes: dict[str, fx.Node]) -> str | None:
+    """The segment's input of the stream that the value at ``position`` of a block carries, if shaped alike.
+
+    Blocks share one op sequence, so the value at ``position`` feeds the same input slot in every block; the
+    first deep block's input at that slot is the stream's value before the segment.
+    """
+    slot = stack.slot_fed_by(position, nodes)
+    if slot is None:
+        return None
+    base = stack.input_at(first_deep, slot, nodes)
+    out_value = nodes[first_deep.nodes[position]].meta.get("example_value")
+    base_value = base.meta.get("example_value")
+    same = (
+        isinstance(out_value, torch.Tensor)
+        and isinstance(base_value, torch.Tensor)
+        and out_value.shape == base_value.shape
+        and out_value.dtype == base_value.dtype
+    )
+    return base.name if same else None
+
+
+def add_deep_cache_outputs(gm: fx.GraphModule, segment: DeepSegment) -> fx.GraphModule:
+    """The ``full`` variant: the original graph, also returning each stream's feature (residual or output)."""
+    graph, nodes = copy_graph(gm.graph)
+    output_node = graph.output_node()
+    with graph.inserting_before(output_node):
+        features = [_feature(graph, nodes, stream) for stream in segment.streams]
+    original = output_node.args[0]
+    output_node.args = ((*original, *features),)
+    counters["hero"]["deep_cache_outputs"] += len(features)
+    return new_graph_module(gm, graph)
+
+
+def _feature(graph: fx.Graph, nodes: dict[str, fx.Node], stream: DeepStream) -> fx.Node:
+    output = nodes[stream.output]
+    if stream.base is None:
+        return output
+    return graph.call_function(operator.sub, (output, nodes[stream.base]))
+
+
+def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.GraphModule:
+    """The ``cheap`` variant: the deep segment is removed and its streams predicted from the history.
+
+    New inputs, after the original ones: ``coefficients`` (shape ``(history_length,)``) and, stream by stream,
+    ``history_length`` cached features, most recent first.
+    """
+    graph, nodes = copy_graph(gm.graph)
+    last_placeholder = list(graph.find_nodes(op="placeholder"))[-1]
+    with graph.inserting_after(last_placeholder):
+        coefficients = graph.placeholder("hero_coefficients")
+    history = []
+    anchor = coefficients
+    for s, _ in enumerate(segment.streams):
+        row = []
+        for i in range(segment.history_length):
+            with graph.inserting_after(anchor):
+                anchor = graph.placeholder(f"hero_history_{s}_{i}")
+            row.append(anchor)
+        history.append(row)
+
+    inside = segment.nodes
+    with graph.inserting_before(nodes[segment.blocks[0].nodes[0]]):
+        for stream, features in zip(segment.streams, history):
+            prediction = _weighted_sum(graph, coefficients, features)
+            if stream.base is not None:
+                prediction = graph.call_function(operator.add, (nodes[stream.base], prediction))
+            nodes[stream.output].replace_all_uses_with(prediction, delete_user_cb=lambda user: user.name not in inside)
+    graph.eliminate_dead_code()
+    counters["hero"]["deep_blocks_extrapolated"] += len(segment.blocks)
+    return new_graph_module(gm, graph)
+
+
+def _weighted_sum(graph: fx.Graph, coefficients: fx.Node, features: list[fx.Node]) -> fx.Node:
+    total: fx.Node | None = None
+    for i, feature in enumerate(features):
+        term = graph.call_function(operator.mul, (graph.call_function(operator.getitem, (coefficients, i)), feature))
+        total = term if total is None else graph.call_function(operator.add, (total, term))
+    assert total is not None
+    return total

@@ -1,0 +1,181 @@
+"""The callable Dynamo runs each step: it owns a generation's state and picks the variant on the host.
+
+Calling conventions of the variants (built in ``hero_compile.passes``):
+- ``full(*inputs) -> (*outputs, *features)``: one feature per deep stream;
+- ``cheap(*inputs, coefficients, *history) -> outputs``: ``history_length`` features per stream, most recent
+  first, and their extrapolation weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hero_compile.config import HeroConfig
+from hero_compile.passes.lower import CompiledFn
+from hero_compile.schedule import extrapolation_coefficients, is_full_step
+from hero_compile.stats import GraphStats
+
+log = logging.getLogger("hero_compile")
+
+# Calls with the same timestep beyond this many (a model called repeatedly outside a sampler) run full and
+# keep no cache, so memory stays bounded.
+MAX_CALLS_PER_STEP = 4
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What the runtime needs to know of the compiled variants."""
+
+    num_outputs: int
+    num_streams: int
+    history_length: int
+    timestep_index: int
+    activation_indices: tuple[int, ...]
+    """Inputs that are not parameters: their shapes decide whether cached features still fit."""
+
+
+@dataclass
+class CallSlotCache:
+    """Features of one call slot (e.g. the conditional or unconditional CFG call) over the full steps."""
+
+    signature: tuple[Any, ...]
+    history: deque[tuple[float, list[torch.Tensor]]]
+
+
+@dataclass
+class GenerationState:
+    """Where the current generation is: step, call slot within the step, and each slot's cache."""
+
+    timestep: float | None = None
+    step: int = -1
+    slot: int = 0
+    timesteps: list[float] = field(default_factory=list)
+    previous_timesteps: list[float] = field(default_factory=list)
+    caches: dict[int, CallSlotCache] = field(default_factory=dict)
+
+    def advance(self, timestep: float) -> bool:
+        """Place a call with ``timestep``; returns True when it starts a new generation."""
+        if self.timestep is None or timestep > self.timestep:
+            if self.timesteps:
+                self.previous_timesteps = self.timesteps
+            self.timesteps, self.step, self.slot = [timestep], 0, 0
+            self.caches.clear()
+            self.timestep = timestep
+            return True
+        if timestep == self.timestep:
+            self.slot += 1
+        else:
+            self.step, self.slot = self.step + 1, 0
+            self.timesteps.append(timestep)
+        self.timestep = timestep
+        return False
+
+    def total_steps(self) -> int | None:
+        """The generation's length, known when it follows the schedule of the previous generation."""
+        previous = self.previous_timesteps
+        if previous and previous[: len(self.timesteps)] == self.timesteps:
+            return len(previous)
+        return None
+
+
+class HeroRuntime:
+    """Runs one Dynamo graph under HERO: full steps refresh the caches, cheap steps extrapolate from them."""
+
+    def __init__(
+        self,
+        config: HeroConfig,
+        spec: VariantSpec,
+        full: CompiledFn,
+        compile_cheap: Callable[[list[Any]], CompiledFn] | None,
+        stats: GraphStats,
+    ) -> None:
+        self.config = config
+        self.spec = spec
+        self.full = full
+        self.compile_cheap = compile_cheap
+        self.cheap_by_sizes: dict[tuple[int, ...], CompiledFn] = {}
+        self.stats = stats
+        self.state = GenerationState()
+
+    def reset(self) -> None:
+        """Forget the current generation, its caches and the schedule learned from earlier ones."""
+        self.state = GenerationState()
+
+    def __call__(self, *inputs: Any) -> Any:
+        timestep = float(inputs[self.spec.timestep_index].reshape(-1)[0])
+        if self.state.advance(timestep):
+            self.stats.generations += 1
+        cache = self._slot_cache(inputs)
+        if cache is not None and cache.history and self._cheap_allowed():
+            outputs = self._run_cheap(inputs, timestep, cache)
+            if outputs is not None:
+                self.stats.cheap_steps += 1
+                return outputs
+        self.stats.full_steps += 1
+        results = self.full(*inputs)
+        if cache is not None:
+            features = [f.detach() for f in results[self.spec.num_outputs :]]
+            cache.history.appendleft((timestep, features))
+        return results[: self.spec.num_outputs]
+
+    def _cheap_allowed(self) -> bool:
+        # Under autograd the caches would hold graph history; HERO is for sampling, so grad mode runs full.
+        if self.compile_cheap is None or torch.is_grad_enabled():
+            return False
+        return not is_full_step(self.state.step, self.config, self.state.total_steps())
+
+    def _slot_cache(self, inputs: Sequence[Any]) -> CallSlotCache | None:
+        """The cache of this call's slot, emptied if the inputs' shapes changed since it was filled."""
+        if self.spec.num_streams == 0 or self.state.slot >= MAX_CALLS_PER_STEP:
+            return None
+        signature = tuple(_describe(inputs[i]) for i in self.spec.activation_indices)
+        cache = self.state.caches.get(self.state.slot)
+        if cache is None or cache.signature != signature:
+            cache = CallSlotCache(signature, deque(maxlen=self.spec.history_length))
+            self.state.caches[self.state.slot] = cache
+        return cache
+
+    def _run_cheap(self, inputs: Sequence[Any], timestep: float, cache: CallSlotCache) -> Any:
+        times = [t for t, _ in cache.history]
+        weights = extrapolation_coefficients(
+            timestep, times, self.config.extrapolation_order, self.spec.history_length
+        )
+        newest = cache.history[0][1]
+        device = newest[0].device
+        coefficients = torch.tensor(weights, dtype=torch.float32).to(device, non_blocking=True)
+        history = []
+        for stream in range(self.spec.num_streams):
+            # Short histories are padded with the oldest entry; its weight is zero.
+            features = [cache.history[min(i, len(cache.history) - 1)][1][stream] for i in range(self.spec.history_length)]
+            history.extend(features)
+        cheap_inputs = [*inputs, coefficients, *history]
+        cheap = self._cheap_for(cheap_inputs)
+        return None if cheap is None else cheap(*cheap_inputs)
+
+    def _cheap_for(self, cheap_inputs: list[Any]) -> CompiledFn | None:
+        """The cheap variant compiled for these sizes; compiled on first use, outside Dynamo's tracing."""
+        sizes = tuple(x for x in cheap_inputs if isinstance(x, int))
+        if sizes not in self.cheap_by_sizes:
+            assert self.compile_cheap is not None
+            try:
+                with torch._guards.tracing(None):
+                    self.cheap_by_sizes[sizes] = self.compile_cheap(cheap_inputs)
+            except Exception as error:  # noqa: BLE001 - never fail: fall back to full compute
+                log.warning("hero: graph %d: compiling the cheap variant failed (%s); running every step in full",
+                            self.stats.graph_id, error)
+                self.stats.fallback_reason = f"cheap variant failed to compile: {error}"
+                self.compile_cheap = None
+                return None
+        return self.cheap_by_sizes[sizes]
+
+
+def _describe(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype, value.device)
+    return value

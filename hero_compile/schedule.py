@@ -1,0 +1,45 @@
+"""Host-side decisions of a generation: which steps are full, and the extrapolation coefficients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hero_compile.config import HeroConfig
+
+
+def is_full_step(step: int, config: HeroConfig, total_steps: int | None) -> bool:
+    """Warm-up steps, one step in ``interval`` after them, and the last ``final_full_steps`` are full."""
+    if step < config.warmup_steps:
+        return True
+    if total_steps is not None and step >= total_steps - config.final_full_steps:
+        return True
+    return (step - config.warmup_steps + 1) % config.interval == 0
+
+
+def extrapolation_coefficients(timestep: float, history: Sequence[float], order: int, length: int) -> list[float]:
+    """Lagrange weights predicting a feature at ``timestep`` from features at ``history`` (most recent first).
+
+    Uses the ``order + 1`` most recent points (fewer while the history is short); the list is padded with
+    zeros to ``length`` so that the compiled graph always takes the same number of history inputs.
+    """
+    points = list(history[: order + 1])
+    weights = []
+    for i, t_i in enumerate(points):
+        weight = 1.0
+        for j, t_j in enumerate(points):
+            if j != i:
+                weight *= (timestep - t_j) / (t_i - t_j)
+        weights.append(weight)
+    return weights + [0.0] * (length - len(weights))
+
+
+def resolve_split(split: int | str, num_blocks: int) -> int:
+    """The index of the first deep block. ``"auto"`` keeps the first third of the stack shallow.
+
+    A fixed share until the variability profile decides it; an explicit index past the stack means nothing
+    is deep.
+    """
+    if split == "auto":
+        return max(1, round(num_blocks / 3))
+    assert isinstance(split, int)
+    return min(split, num_blocks)

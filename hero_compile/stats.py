@@ -1,0 +1,61 @@
+"""Plain records of what the backend did, read by users and tests instead of logs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class GraphStats:
+    """What happened to one graph that Dynamo handed to the backend.
+
+    Attributes:
+        graph_id: order in which the backend received the graph (0 first).
+        blocks: module paths of the block stack found, empty if none.
+        split: index of the first extrapolated (deep) block; equal to ``len(blocks)`` when nothing is deep.
+        deep_streams: graph values predicted on cheap steps (one per stream leaving the deep segment).
+        timestep_input: the graph input the denoising step is read from.
+        full_steps: denoiser calls that ran the full computation (a CFG step made of two calls counts two).
+        cheap_steps: denoiser calls that ran the cheap variant.
+        generations: sampling runs started (detected when the timestep goes up, or after ``reset()``).
+        tokens_refreshed_per_cheap_step: per shallow block, tokens recomputed on a cheap step.
+        fallback_reason: why the graph was compiled without acceleration, or ``None`` if it was accelerated.
+    """
+
+    graph_id: int
+    blocks: list[str] = field(default_factory=list)
+    split: int | None = None
+    deep_streams: list[str] = field(default_factory=list)
+    timestep_input: str | None = None
+    full_steps: int = 0
+    cheap_steps: int = 0
+    generations: int = 0
+    tokens_refreshed_per_cheap_step: dict[str, int] = field(default_factory=dict)
+    fallback_reason: str | None = None
+
+    @property
+    def accelerated(self) -> bool:
+        return self.fallback_reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class HeroStats:
+    """Every graph a backend compiled, in order."""
+
+    graphs: list[GraphStats] = field(default_factory=list)
+
+    @property
+    def full_steps(self) -> int:
+        return sum(g.full_steps for g in self.graphs)
+
+    @property
+    def cheap_steps(self) -> int:
+        return sum(g.cheap_steps for g in self.graphs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"graphs": [g.to_dict() for g in self.graphs]}
