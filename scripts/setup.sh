@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Create .venv with hero-compile (editable) and its test tools; torch pinned by constraints.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"

@@ -1,0 +1,96 @@
+"""Shared fixtures: single-threaded tiny models, a fresh Dynamo per test, graph capture and recompile checks.
+
+Tests that share a compiled model across a module mark it ``@pytest.mark.shared_compile``: the autouse reset
+would otherwise throw the compiled code away before every test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.fx as fx
+from hypothesis import HealthCheck, settings
+from torch._dynamo import convert_frame
+from torch._dynamo.utils import counters, guard_failures
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+# The models are tiny: one intra-op thread is faster than two, and much faster when another process is busy.
+torch.set_num_threads(1)
+
+settings.register_profile(
+    "hero",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "explore",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hero"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shared_compile: the module shares compiled models; no Dynamo reset per test")
+
+
+def fresh_dynamo() -> None:
+    """Forget every compiled frame and every counter, as in a new process."""
+    torch._dynamo.reset()
+    counters.clear()
+    guard_failures.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("shared_compile") is None:
+        fresh_dynamo()
+    yield
+
+
+def recompile_report() -> dict[str, Any]:
+    """What torch 2.13 exposes about (re)compilation since the last :func:`fresh_dynamo`.
+
+    There is no ``counters["recompiles"]`` in 2.13: a recompile shows as a frame compiled more than once
+    (``FRAME_COMPILE_COUNTER``), as a guard-failure reason (``guard_failures``) and as an extra unique graph.
+    """
+    return {
+        "unique_graphs": counters["stats"]["unique_graphs"],
+        "frame_compiles": dict(convert_frame.FRAME_COMPILE_COUNTER),
+        "guard_failures": {str(k): list(v) for k, v in guard_failures.items()},
+        "recompiles_counter": dict(counters.get("recompiles", {})),
+    }
+
+
+def assert_no_recompiles(report: dict[str, Any], graphs: int = 1) -> None:
+    assert report["unique_graphs"] == graphs, report
+    assert report["frame_compiles"] and all(n == 1 for n in report["frame_compiles"].values()), report
+    assert not report["guard_failures"], report
+    assert not report["recompiles_counter"], report
+
+
+def capture_graph(model: torch.nn.Module, *args: Any) -> fx.GraphModule:
+    """The single Dynamo graph of ``model(*args)``, captured with a recording backend."""
+    graphs: list[fx.GraphModule] = []
+
+    def record(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        graphs.append(gm)
+        return gm.forward
+
+    fresh_dynamo()
+    with torch.no_grad():
+        torch.compile(model, backend=record, fullgraph=True)(*args)
+    assert len(graphs) == 1
+    return graphs[0]
+
+
+@pytest.fixture
+def capture() -> Callable[..., fx.GraphModule]:
+    return capture_graph
