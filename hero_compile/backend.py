@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import partial
+from math import prod
 from typing import Any
 
 import torch
@@ -12,13 +13,18 @@ import torch.fx as fx
 from torch._dynamo.source import LocalSource
 
 from hero_compile.config import HeroConfig
-from hero_compile.passes.discover_blocks import discover_blocks
+from hero_compile.passes.cache_outputs import add_cache_outputs
+from hero_compile.passes.discover_blocks import Block, BlockStack, discover_blocks, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
-from hero_compile.passes.extrapolate import add_deep_cache_outputs, extrapolate_deep_segment, plan_deep_segment
+from hero_compile.passes.extrapolate import extrapolate_deep_segment, plan_deep_segment
 from hero_compile.passes.lower import CompiledFn, lower
+from hero_compile.passes.refresh import BlockRefresh, plan_block_refresh, refresh_shallow_blocks
+from hero_compile.passes.token_axis import analyze_token_axis
+from hero_compile.passes.token_grid import find_token_grid
 from hero_compile.runtime import HeroRuntime, VariantSpec
 from hero_compile.schedule import resolve_split
 from hero_compile.stats import GraphStats, HeroStats
+from hero_compile.token_selection import TokenSelector
 
 log = logging.getLogger("hero_compile")
 
@@ -101,24 +107,66 @@ def _build_runtime(
     stats.blocks, stats.split = stack.paths, split
     stats.timestep_input = _placeholders(gm)[timestep_index].name
 
-    num_outputs = len(gm.graph.output_node().args[0])
-    if split == len(stack.blocks):
-        full_gm, compile_cheap, num_streams = gm, None, 0
-    else:
+    segment = None
+    if split < len(stack.blocks):
         segment = plan_deep_segment(gm, stack, split, config.cache_target, config.extrapolation_order + 1)
         stats.deep_streams = [s.output for s in segment.streams]
-        full_gm, num_streams = add_deep_cache_outputs(gm, segment), len(segment.streams)
-        cheap_gm = extrapolate_deep_segment(gm, segment)
+    refresh, grid = _plan_refresh(gm, stack, stack.blocks[:split], stats)
+    refresh_count = TokenSelector(grid, config.patch_size, config.refresh_ratio).size if grid else 0
+    stats.tokens_refreshed_per_cheap_step = {plan.block.path: refresh_count for plan in refresh}
+
+    compile_cheap = None
+    if segment is not None or refresh:
+        cheap_gm = gm if segment is None else extrapolate_deep_segment(gm, segment)
+        if refresh:
+            cheap_gm = refresh_shallow_blocks(cheap_gm, refresh, refresh_count)
         compile_cheap = partial(lower, cheap_gm, lowering=config.lowering, inductor_options=inductor_options)
+    full_gm = add_cache_outputs(gm, segment, [plan.output for plan in refresh])
     spec = VariantSpec(
-        num_outputs=num_outputs,
-        num_streams=num_streams,
+        num_outputs=len(_outputs(gm)),
+        num_streams=len(segment.streams) if segment else 0,
         history_length=config.extrapolation_order + 1,
+        num_refreshed=len(refresh),
+        token_grid=grid if refresh else None,
         timestep_index=timestep_index,
         activation_indices=tuple(_activation_inputs(gm)),
     )
     full = lower(full_gm, example_inputs, config.lowering, inductor_options)
     return HeroRuntime(config, spec, full, compile_cheap, stats)
+
+
+def _plan_refresh(
+    gm: fx.GraphModule, stack: BlockStack, shallow: Sequence[Block], stats: GraphStats
+) -> tuple[list[BlockRefresh], tuple[int, ...] | None]:
+    """Refresh plans of the shallow blocks the token-axis analysis accepts (the others run in full, with the
+    reason in ``stats.refresh_skipped``), and the token grid they share."""
+    if not shallow:
+        return [], None
+    nodes = nodes_by_name(gm.graph)
+    plans = []
+    for block in shallow:
+        streams = stack.stream_inputs(block, nodes)
+        if len(streams) != 1:
+            stats.refresh_skipped[block.path] = f"{len(streams)} token streams (only single-stream blocks refresh)"
+            continue
+        try:
+            axes = analyze_token_axis(gm, block, streams[0].name)
+            plans.append(plan_block_refresh(block, axes, streams[0].name))
+        except RewriteUnsupported as reason:
+            stats.refresh_skipped[block.path] = str(reason)
+    if not plans:
+        return [], None
+    first_input = stack.stream_inputs(plans[0].block, nodes)[0]
+    grid = find_token_grid(first_input, plans[0].axes.token_inputs[first_input.name])
+    if prod(grid) != plans[0].axes.token_count:
+        grid = (plans[0].axes.token_count,)
+    return plans, grid
+
+
+def _outputs(gm: fx.GraphModule) -> Sequence[Any]:
+    outputs = gm.graph.output_node().args[0]
+    assert isinstance(outputs, (tuple, list))
+    return outputs
 
 
 def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:

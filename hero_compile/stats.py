@@ -20,7 +20,8 @@ class GraphStats:
         full_steps: denoiser calls that ran the full computation (a CFG step made of two calls counts two).
         cheap_steps: denoiser calls that ran the cheap variant.
         generations: sampling runs started (detected when the timestep goes up, or after ``reset()``).
-        tokens_refreshed_per_cheap_step: per shallow block, tokens recomputed on a cheap step.
+        tokens_refreshed_per_cheap_step: per refreshed shallow block, tokens recomputed on a cheap step.
+        refresh_skipped: per shallow block that runs in full on cheap steps, the reason it is not refreshed.
         fallback_reason: why the graph was compiled without acceleration, or ``None`` if it was accelerated.
     """
 
@@ -33,6 +34,7 @@ class GraphStats:
     cheap_steps: int = 0
     generations: int = 0
     tokens_refreshed_per_cheap_step: dict[str, int] = field(default_factory=dict)
+    refresh_skipped: dict[str, str] = field(default_factory=dict)
     fallback_reason: str | None = None
 
     @property

@@ -114,14 +114,25 @@ class JointBlock(nn.Module):
 
 
 class DualStreamTransformer(nn.Module):
-    """``x: (batch, tokens, channels)`` video latents, ``encoder_hidden_states: (batch, text_tokens, text_dim)``."""
+    """``x: (batch, tokens, channels)`` video latents, ``encoder_hidden_states: (batch, text_tokens, text_dim)``.
+
+    ``joint_final`` makes the postlude read both streams (two values leave the stack instead of one).
+    """
 
     def __init__(
-        self, depth: int = 4, hidden: int = 32, heads: int = 2, channels: int = 4, text_dim: int = 8, seed: int = 0
+        self,
+        depth: int = 4,
+        hidden: int = 32,
+        heads: int = 2,
+        channels: int = 4,
+        text_dim: int = 8,
+        seed: int = 0,
+        joint_final: bool = False,
     ) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.hidden = hidden
+        self.joint_final = joint_final
         self.patch_embed = nn.Linear(channels, hidden)
         self.text_proj = nn.Linear(text_dim, hidden)
         self.time_embedding = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -136,7 +147,12 @@ class DualStreamTransformer(nn.Module):
         encoder_hidden_states = self.text_proj(encoder_hidden_states)
         for block in self.transformer_blocks:
             hidden_states, encoder_hidden_states = block(hidden_states, encoder_hidden_states, temb)
-        return self.proj_out(self.norm_final(hidden_states))
+        if self.joint_final:  # CogVideoX-5B: the final norm sees both streams, then the text tokens are dropped
+            text_len = encoder_hidden_states.shape[1]
+            hidden_states = self.norm_final(torch.cat([encoder_hidden_states, hidden_states], dim=1))[:, text_len:]
+        else:  # CogVideoX-2B: only the video stream leaves the stack
+            hidden_states = self.norm_final(hidden_states)
+        return self.proj_out(hidden_states)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,14 +16,16 @@ from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
 
 
 def speed_dit(
-    model_config: DiTConfig = DiTConfig(),
-    hero_config: HeroConfig = HeroConfig(),
+    model_config: DiTConfig | None = None,
+    hero_config: HeroConfig | None = None,
     steps: int = 20,
     repeats: int = 3,
     threads: int = 2,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time whole generations of hero and of plain Inductor, alternated after warm-up; FLOPs and PSNR too."""
+    model_config = model_config or DiTConfig()
+    hero_config = hero_config or HeroConfig()
     torch.set_num_threads(threads)
     model = make_dit(model_config, seed=seed)
     c = model_config
@@ -43,7 +46,7 @@ def speed_dit(
             generate(name)
             progress.update()
         medians = alternated_medians(
-            {name: (lambda n=name: generate(n)) for name in compiled}, repeats, on_run=progress.update
+            {name: partial(generate, name) for name in compiled}, repeats, on_run=progress.update
         )
         eager_hero = torch.compile(model, backend=hero_compile.backend(hero_config.replace(lowering="eager")))
         flops_full = count_flops(lambda: flow_matching_sample(model, noise, steps))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch.fx as fx
 from torch._dynamo.utils import counters
@@ -65,9 +66,13 @@ class BlockStack:
         """The value that ``block`` reads through ``slot``; ``nodes`` maps names to nodes of the graph."""
         return flat_args(nodes[block.nodes[slot.position]])[slot.argument]
 
+    def stream_inputs(self, block: Block, nodes: dict[str, fx.Node]) -> list[fx.Node]:
+        """The distinct values ``block`` reads through its stream slots (one per token stream)."""
+        return list(dict.fromkeys(self.input_at(block, slot, nodes) for slot in self.stream_slots))
+
     def slot_fed_by(self, position: int, nodes: dict[str, fx.Node]) -> InputSlot | None:
         """The stream slot of the next block that the value at ``position`` of a block feeds, if any."""
-        for upstream, downstream in zip(self.blocks, self.blocks[1:]):
+        for upstream, downstream in pairwise(self.blocks):
             for slot in self.stream_slots:
                 if self.input_at(downstream, slot, nodes).name == upstream.nodes[position]:
                     return slot
@@ -92,7 +97,7 @@ def discover_blocks(gm: fx.GraphModule) -> BlockStack:
     for node in graph.nodes:
         if first <= order[node] <= last and node not in in_stack and node.op != "placeholder":
             raise RewriteUnsupported(f"node {node.name!r} ({node.target}) runs between blocks, outside any block")
-    for earlier, later in zip(blocks_nodes, blocks_nodes[1:]):
+    for earlier, later in pairwise(blocks_nodes):
         if order[earlier[-1]] > order[later[0]]:
             raise RewriteUnsupported("blocks are interleaved in the graph")
 
@@ -171,7 +176,7 @@ def _make_block(index: int, path: str, nodes: list[fx.Node]) -> Block:
 def _stream_slots(blocks_nodes: list[list[fx.Node]]) -> tuple[InputSlot, ...]:
     """Slots that, in some block after the first, read a value computed by the block before it."""
     slots: dict[InputSlot, None] = {}
-    for previous, current in zip(blocks_nodes, blocks_nodes[1:]):
+    for previous, current in pairwise(blocks_nodes):
         produced = set(previous)
         for position, node in enumerate(current):
             for argument, arg in enumerate(flat_args(node)):

@@ -1,4 +1,4 @@
-"""Deep-block extrapolation: the ``full`` variant exports the deep segment's feature, the ``cheap`` one predicts it.
+"""Deep-block extrapolation: on a cheap step the deep segment is not run; its streams are predicted.
 
 The deep segment is blocks ``split..end``. Each value the rest of the graph reads from it is a *stream*
 (hidden states; text states in dual-stream models). Its cached feature is the segment's residual (output
@@ -19,7 +19,7 @@ from torch._dynamo.utils import counters
 from hero_compile.config import CacheTarget
 from hero_compile.passes.discover_blocks import Block, BlockStack, flat_args, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
-from hero_compile.passes.graph_copy import copy_graph, new_graph_module
+from hero_compile.passes.graph_copy import append_placeholders, copy_graph, new_graph_module
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,10 @@ def plan_deep_segment(
         for name in block.outputs:
             if all(user.name in inside for user in nodes[name].users):
                 continue
-            base = _residual_base(stack, blocks[0], block.nodes.index(name), nodes) if cache_target == "residual" else None
+            position = block.nodes.index(name)
+            base = _residual_base(stack, blocks[0], position, nodes) if cache_target == "residual" else None
             streams.append(DeepStream(output=name, base=base))
+    counters["hero"]["deep_streams_planned"] += len(streams)
     return DeepSegment(split, blocks, tuple(streams), history_length)
 
 
@@ -97,25 +99,6 @@ def _residual_base(stack: BlockStack, first_deep: Block, position: int, nodes: d
     return base.name if same else None
 
 
-def add_deep_cache_outputs(gm: fx.GraphModule, segment: DeepSegment) -> fx.GraphModule:
-    """The ``full`` variant: the original graph, also returning each stream's feature (residual or output)."""
-    graph, nodes = copy_graph(gm.graph)
-    output_node = graph.output_node()
-    with graph.inserting_before(output_node):
-        features = [_feature(graph, nodes, stream) for stream in segment.streams]
-    original = output_node.args[0]
-    output_node.args = ((*original, *features),)
-    counters["hero"]["deep_cache_outputs"] += len(features)
-    return new_graph_module(gm, graph)
-
-
-def _feature(graph: fx.Graph, nodes: dict[str, fx.Node], stream: DeepStream) -> fx.Node:
-    output = nodes[stream.output]
-    if stream.base is None:
-        return output
-    return graph.call_function(operator.sub, (output, nodes[stream.base]))
-
-
 def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.GraphModule:
     """The ``cheap`` variant: the deep segment is removed and its streams predicted from the history.
 
@@ -123,18 +106,10 @@ def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.Gra
     ``history_length`` cached features, most recent first.
     """
     graph, nodes = copy_graph(gm.graph)
-    last_placeholder = list(graph.find_nodes(op="placeholder"))[-1]
-    with graph.inserting_after(last_placeholder):
-        coefficients = graph.placeholder("hero_coefficients")
-    history = []
-    anchor = coefficients
-    for s, _ in enumerate(segment.streams):
-        row = []
-        for i in range(segment.history_length):
-            with graph.inserting_after(anchor):
-                anchor = graph.placeholder(f"hero_history_{s}_{i}")
-            row.append(anchor)
-        history.append(row)
+    length = segment.history_length
+    names = [f"hero_history_{s}_{i}" for s in range(len(segment.streams)) for i in range(length)]
+    coefficients, *flat_history = append_placeholders(graph, ["hero_coefficients", *names])
+    history = [flat_history[s * length : (s + 1) * length] for s in range(len(segment.streams))]
 
     inside = segment.nodes
     with graph.inserting_before(nodes[segment.blocks[0].nodes[0]]):

@@ -1,4 +1,4 @@
-"""Copying a Dynamo graph so that each variant is built from the original, never from another variant."""
+"""Graph surgery shared by the passes: copying a graph, adding inputs and outputs."""
 
 from __future__ import annotations
 
@@ -21,3 +21,22 @@ def new_graph_module(original: fx.GraphModule, graph: fx.Graph) -> fx.GraphModul
     module = fx.GraphModule(original, graph)
     module.meta.update(original.meta)
     return module
+
+
+def append_placeholders(graph: fx.Graph, names: list[str]) -> list[fx.Node]:
+    """New inputs after the existing ones, in order."""
+    anchor = list(graph.find_nodes(op="placeholder"))[-1]
+    added = []
+    for name in names:
+        with graph.inserting_after(anchor):
+            anchor = graph.placeholder(name)
+        added.append(anchor)
+    return added
+
+
+def append_outputs(graph: fx.Graph, values: list[fx.Node]) -> None:
+    """Return ``values`` after the graph's existing outputs."""
+    output = graph.output_node()
+    existing = output.args[0]
+    assert isinstance(existing, (tuple, list)), "Dynamo graphs return a tuple"
+    output.args = ((*existing, *values),)

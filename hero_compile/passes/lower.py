@@ -19,7 +19,9 @@ def lower(
     if lowering == "inductor":
         from torch._inductor.compile_fx import compile_fx
 
-        return compile_fx(gm, list(example_inputs), config_patches=dict(inductor_options))
+        compiled = compile_fx(gm, list(example_inputs), config_patches=dict(inductor_options))
+        assert callable(compiled)
+        return compiled
     if lowering == "aot_eager":
         from torch._dynamo.backends.registry import lookup_backend
 

@@ -8,6 +8,7 @@ in an ``nn.ModuleList`` and a final modulated projection back to patches.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +58,9 @@ class DiTBlock(nn.Module):
         self.proj = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         mlp_hidden = int(hidden * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, hidden))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, hidden)
+        )
         self.ada = nn.Linear(hidden, 6 * hidden)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -116,7 +119,9 @@ def make_dit(config: DiTConfig = DiTConfig(), seed: int = 0) -> DiT:
     return model.eval()
 
 
-def flow_matching_sample(model: nn.Module, noise: torch.Tensor, steps: int = 20) -> torch.Tensor:
+def flow_matching_sample(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor, steps: int = 20
+) -> torch.Tensor:
     """Euler sampler of a rectified-flow model from t=1 (noise) to t=0; the model sees t scaled to [0, 1000]."""
     x = noise
     ts = torch.linspace(1.0, 0.0, steps + 1)

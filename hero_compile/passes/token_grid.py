@@ -1,0 +1,68 @@
+"""Read the token grid (frames, height, width in tokens) off the patch-embedding reshape of the prelude."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from hero_compile.passes.discover_blocks import flat_args
+
+_RESHAPES = {"view", "reshape", "flatten", torch.reshape, torch.flatten}
+_MAX_HOPS = 64
+
+
+def find_token_grid(stream_input: fx.Node, axis: int) -> tuple[int, ...]:
+    """The dims merged into the token axis of ``stream_input``, found by walking back to the reshape that
+    merged them (through ops that keep the token axis in place); ``(tokens,)`` if there is none."""
+    node, value = stream_input, _tensor(stream_input)
+    tokens = int(value.shape[axis])
+    for _ in range(_MAX_HOPS):
+        if node.target in _RESHAPES:
+            source = flat_args(node)[0]
+            merged = _merged_dims(list(_tensor(source).shape), list(_tensor(node).shape), axis)
+            if merged is None:
+                break
+            if len(merged) > 1:
+                return tuple(int(s) for s in _tensor(source).shape[merged[0] : merged[-1] + 1])
+            node, axis = source, merged[0]
+            continue
+        same = [a for a in flat_args(node) if _keeps_axis(a, _tensor(node), axis)]
+        if not same:
+            break
+        node = same[0]
+    return (tokens,)
+
+
+def _tensor(node: fx.Node) -> Any:
+    return node.meta.get("example_value")
+
+
+def _keeps_axis(arg: fx.Node, out: Any, axis: int) -> bool:
+    value = _tensor(arg)
+    return (
+        isinstance(value, torch.Tensor)
+        and isinstance(out, torch.Tensor)
+        and value.dim() == out.dim()
+        and value.shape[axis] == out.shape[axis]
+    )
+
+
+def _merged_dims(in_shape: list[int], out_shape: list[int], axis: int) -> list[int] | None:
+    """Input dims whose product forms output dim ``axis`` (equal prefix products before and after)."""
+    before, after = _product(out_shape[:axis]), _product(out_shape[: axis + 1])
+    # Leading size-1 dims (a batch of one) belong before the token axis, not in it.
+    starts = [i for i in range(len(in_shape)) if _product(in_shape[:i]) == before]
+    if not starts:
+        return None
+    start = starts[-1] if _product(in_shape[: starts[-1] + 1]) <= after else starts[0]
+    stop = next((i for i in range(start + 1, len(in_shape) + 1) if _product(in_shape[:i]) == after), None)
+    return None if stop is None else list(range(start, stop))
+
+
+def _product(sizes: list[int]) -> int:
+    result = 1
+    for size in sizes:
+        result *= int(size)
+    return result

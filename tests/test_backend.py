@@ -1,0 +1,588 @@
+"""The ``hero`` backend end to end with ``lowering="aot_eager"`` (quick to compile; Inductor is in its own file)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hero_compile
+from conftest import assert_no_recompiles, fresh_dynamo, recompile_report
+from hero_compile import HeroBackend, HeroConfig
+from hero_compile.backend import DEFAULT_BACKEND
+from hero_compile.schedule import extrapolation_coefficients, is_full_step
+from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
+from models import (
+    DataDependentModel,
+    DualStreamTransformer,
+    NoStackModel,
+    StackModel,
+    make_conditioned_dit,
+    psnr,
+)
+
+AOT = HeroConfig(lowering="aot_eager")
+DIT12 = DiTConfig(depth=12, hidden=32, heads=2, frames=1, height=8, width=8)
+
+
+def dit_noise(config: DiTConfig, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, config.channels, config.frames, config.height, config.width, generator=generator)
+
+
+def euler(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *extra: torch.Tensor) -> torch.Tensor:
+    """Flow-matching Euler sampler for models called as ``model(x, *extra, timestep)``."""
+    x = noise
+    ts = torch.linspace(1.0, 0.0, steps + 1)
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.full((x.shape[0],), float(ts[i]) * 1000.0)
+            x = x + (ts[i + 1] - ts[i]).item() * model(x, *extra, t)
+    return x
+
+
+@dataclass
+class Call:
+    inputs: tuple[torch.Tensor, ...]
+    output: torch.Tensor
+    full: bool
+    eager: torch.Tensor | None = None
+
+
+@dataclass
+class Recorder:
+    """Wraps a compiled model: records each call's inputs, output, whether it ran in full, and the eager output."""
+
+    compiled: Callable[..., torch.Tensor]
+    backend: HeroBackend
+    eager: torch.nn.Module | None = None
+    calls: list[Call] = field(default_factory=list)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        before = self.backend.stats().full_steps
+        output = self.compiled(*inputs)
+        full = self.backend.stats().full_steps > before
+        eager = self.eager(*inputs) if self.eager is not None else None
+        self.calls.append(Call(tuple(x.clone() for x in inputs), output.clone(), full, eager))
+        return output
+
+    def take(self) -> list[Call]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain behaviour: disabled, fallbacks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_disabled_equals_eager() -> None:
+    model = make_dit(DIT12)
+    backend = HeroBackend(AOT.replace(enabled=False))
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    noise = dit_noise(DIT12)
+    result = flow_matching_sample_nograd(compiled, noise, 12)
+    reference = flow_matching_sample_nograd(model, noise, 12)
+    torch.testing.assert_close(result, reference, atol=1e-5, rtol=0)
+    (graph,) = backend.stats().graphs
+    assert not graph.accelerated and "enabled" in (graph.fallback_reason or "")
+    assert (graph.full_steps, graph.cheap_steps) == (0, 0)
+
+
+def flow_matching_sample_nograd(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int) -> torch.Tensor:
+    with torch.no_grad():
+        return flow_matching_sample(model, noise, steps=steps)
+
+
+@pytest.mark.parametrize(
+    ("make_model", "reason"),
+    [
+        (lambda: NoStackModel(), "no block stack"),
+        (lambda: DataDependentModel(depth=4), "data-dependent"),
+    ],
+    ids=["no_block_stack", "data_dependent_op"],
+)
+def test_fallback_compiles_plain_and_warns_once(
+    make_model: Callable[[], torch.nn.Module], reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = make_model()
+    backend = HeroBackend(AOT)
+    noise = torch.randn(1, 6, 4)
+    caplog.set_level(logging.WARNING, logger="hero_compile")
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        compiled = torch.compile(model, backend=backend, fullgraph=True)
+        result = euler(compiled, noise, 8)
+    reference = euler(model, noise, 8)
+    torch.testing.assert_close(result, reference, atol=1e-5, rtol=0)
+
+    warnings = [r for r in caplog.records if r.name == "hero_compile"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert warnings[0].levelno == logging.WARNING
+    assert reason in warnings[0].getMessage()
+    (graph,) = backend.stats().graphs
+    assert not graph.accelerated
+    assert reason in (graph.fallback_reason or "")
+    assert graph.fallback_reason in warnings[0].getMessage()
+    assert graph.cheap_steps == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A whole 30-step generation of a 12-block DiT, twice, then once more after reset(): compiled once, shared
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dit_run() -> SimpleNamespace:
+    fresh_dynamo()
+    model = make_dit(DIT12)
+    noise = dit_noise(DIT12)
+    backend = HeroBackend(AOT)
+    recorder = Recorder(torch.compile(model, backend=backend, fullgraph=True), backend, eager=model)
+    with torch.no_grad():
+        reference = flow_matching_sample(model, noise, steps=30)
+        results, calls = [], []
+        for _ in range(2):
+            results.append(flow_matching_sample(recorder, noise, steps=30))
+            calls.append(recorder.take())
+        stats = copy.deepcopy(backend.stats())
+        report = recompile_report()
+        backend.reset()
+        results.append(flow_matching_sample(recorder, noise, steps=30))
+        calls.append(recorder.take())
+    return SimpleNamespace(
+        config=backend.config,
+        reference=reference,
+        results=results,
+        calls=calls,
+        stats=stats,
+        report=report,
+        stats_after_reset=copy.deepcopy(backend.stats()),
+        report_after_reset=recompile_report(),
+    )
+
+
+def test_generation_compiles_one_graph_without_recompiles(dit_run: SimpleNamespace) -> None:
+    assert len(dit_run.stats.graphs) == 1
+    assert_no_recompiles(dit_run.report)
+    assert_no_recompiles(dit_run.report_after_reset)
+    assert len(dit_run.stats_after_reset.graphs) == 1
+
+
+def test_generation_stats(dit_run: SimpleNamespace) -> None:
+    (graph,) = dit_run.stats.graphs
+    assert graph.accelerated
+    assert len(graph.blocks) == 12 and graph.blocks[0].endswith("blocks.0")
+    assert graph.split == 4
+    assert len(graph.deep_streams) == 1
+    assert graph.timestep_input is not None and "timestep" in graph.timestep_input
+    assert graph.generations == 2
+    assert graph.cheap_steps > 0
+    assert graph.full_steps + graph.cheap_steps == 60
+    assert graph.cheap_steps == sum(not c.full for calls in dit_run.calls[:2] for c in calls)
+    (after,) = dit_run.stats_after_reset.graphs
+    assert after.generations == 3
+    assert after.full_steps + after.cheap_steps == 90
+
+
+def test_generation_follows_the_schedule(dit_run: SimpleNamespace) -> None:
+    config = dit_run.config
+    first, second, after_reset = ([c.full for c in calls] for calls in dit_run.calls)
+    assert first[: config.warmup_steps] == [True] * config.warmup_steps
+    assert first == [is_full_step(s, config, None) for s in range(30)]
+    # the second generation knows its length from the first: its final steps are full
+    assert second == [is_full_step(s, config, 30) for s in range(30)]
+    assert second[-1] and not first[-1]
+    # reset() forgets the learned length
+    assert after_reset == first
+
+
+def test_full_steps_equal_the_plain_model(dit_run: SimpleNamespace) -> None:
+    calls = [c for gen in dit_run.calls for c in gen]
+    full = [c for c in calls if c.full]
+    assert len(full) >= 3 * dit_run.config.warmup_steps
+    for call in full:
+        torch.testing.assert_close(call.output, call.eager, atol=1e-4, rtol=0)
+    # and the cheap steps are really something else (approximations)
+    cheap = [c for c in calls if not c.full]
+    assert max(float((c.output - c.eager).abs().max()) for c in cheap) > 1e-5
+
+
+def test_reset_reproduces_the_first_generation_bit_for_bit(dit_run: SimpleNamespace) -> None:
+    first, second, after_reset = dit_run.results
+    assert torch.equal(after_reset, first)
+    for a, b in zip(dit_run.calls[0], dit_run.calls[2]):
+        assert torch.equal(a.output, b.output)
+    # without reset the learned schedule changed the second generation (its last step ran in full)
+    assert not torch.equal(second, first)
+
+
+def test_generation_quality(dit_run: SimpleNamespace) -> None:
+    for result in dit_run.results:
+        assert psnr(result, dit_run.reference) >= 30.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classifier-free guidance
+# ---------------------------------------------------------------------------------------------------------------
+
+CFG_DIT = DiTConfig(depth=12, hidden=32, heads=2, frames=1, height=8, width=8)
+GUIDANCE = 3.0
+
+
+def cfg_two_calls(model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, steps: int) -> torch.Tensor:
+    x = noise
+    ts = torch.linspace(1.0, 0.0, steps + 1)
+    empty = torch.zeros_like(context)
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.full((x.shape[0],), float(ts[i]) * 1000.0)
+            v_cond = model(x, t, context)
+            v_uncond = model(x, t, empty)
+            x = x + (ts[i + 1] - ts[i]).item() * (v_uncond + GUIDANCE * (v_cond - v_uncond))
+    return x
+
+
+def cfg_batched(model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, steps: int) -> torch.Tensor:
+    x = noise
+    ts = torch.linspace(1.0, 0.0, steps + 1)
+    contexts = torch.cat([context, torch.zeros_like(context)])
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.full((2 * x.shape[0],), float(ts[i]) * 1000.0)
+            v_cond, v_uncond = model(torch.cat([x, x]), t, contexts).chunk(2)
+            x = x + (ts[i + 1] - ts[i]).item() * (v_uncond + GUIDANCE * (v_cond - v_uncond))
+    return x
+
+
+@pytest.fixture(scope="module")
+def cfg_setup() -> SimpleNamespace:
+    model = make_conditioned_dit(CFG_DIT)
+    noise = dit_noise(CFG_DIT, seed=3)
+    context = torch.randn(1, CFG_DIT.hidden, generator=torch.Generator().manual_seed(4))
+    return SimpleNamespace(model=model, noise=noise, context=context, reference=cfg_two_calls(model, noise, context, 20))
+
+
+def test_two_call_cfg_equals_separate_backends(cfg_setup: SimpleNamespace) -> None:
+    model = cfg_setup.model
+    backend = HeroBackend(AOT)
+    recorder = Recorder(torch.compile(model, backend=backend, fullgraph=True), backend)
+    result = cfg_two_calls(recorder, cfg_setup.noise, cfg_setup.context, 20)
+    calls = recorder.take()
+    (graph,) = backend.stats().graphs
+    assert graph.generations == 1 and graph.cheap_steps > 0
+    assert psnr(result, cfg_setup.reference) >= 30.0
+
+    # replay each branch's exact inputs through its own backend: same decisions, same outputs
+    for branch in (0, 1):
+        fresh_dynamo()
+        alone = HeroBackend(AOT)
+        compiled = torch.compile(model, backend=alone, fullgraph=True)
+        mine = calls[branch::2]
+        with torch.no_grad():
+            for call in mine:
+                before = alone.stats().full_steps
+                output = compiled(*call.inputs)
+                assert (alone.stats().full_steps > before) == call.full
+                torch.testing.assert_close(output, call.output, atol=1e-6, rtol=0)
+        assert alone.stats().graphs[0].cheap_steps == sum(not c.full for c in mine)
+    # the conditional and unconditional calls of a step take the same decision
+    assert [c.full for c in calls[0::2]] == [c.full for c in calls[1::2]]
+
+
+def test_batched_cfg_runs_cheap_steps(cfg_setup: SimpleNamespace) -> None:
+    backend = HeroBackend(AOT)
+    compiled = torch.compile(cfg_setup.model, backend=backend, fullgraph=True)
+    result = cfg_batched(compiled, cfg_setup.noise, cfg_setup.context, 20)
+    (graph,) = backend.stats().graphs
+    assert graph.accelerated and graph.cheap_steps > 0 and graph.generations == 1
+    assert graph.full_steps + graph.cheap_steps == 20
+    assert psnr(result, cfg_setup.reference) >= 30.0
+    # same HERO decisions as two calls per step: the results agree up to rounding
+    fresh_dynamo()
+    two_calls = cfg_two_calls(torch.compile(cfg_setup.model, backend=HeroBackend(AOT)), cfg_setup.noise, cfg_setup.context, 20)
+    torch.testing.assert_close(result, two_calls, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shapes that look alike
+# ---------------------------------------------------------------------------------------------------------------
+
+ALIKE = {
+    # 16 tokens, head_dim 64 / 4 = 16
+    "tokens_eq_head_dim": DiTConfig(depth=12, hidden=64, heads=4, frames=1, height=8, width=8),
+    # 4 frames of 1 token each
+    "tokens_eq_frames": DiTConfig(depth=12, hidden=32, heads=2, frames=4, height=2, width=2),
+}
+
+
+def test_alike_shapes_are_what_they_claim() -> None:
+    c = ALIKE["tokens_eq_head_dim"]
+    assert c.tokens == c.hidden // c.heads == 16
+    c = ALIKE["tokens_eq_frames"]
+    assert c.tokens == c.frames == 4
+
+
+@pytest.mark.parametrize("name", list(ALIKE))
+def test_alike_shapes_run_correctly(name: str) -> None:
+    config = ALIKE[name]
+    model = make_dit(config)
+    noise = dit_noise(config)
+    reference = flow_matching_sample_nograd(model, noise, 20)
+
+    all_full = HeroBackend(AOT.replace(interval=1))
+    result = flow_matching_sample_nograd(torch.compile(model, backend=all_full, fullgraph=True), noise, 20)
+    (graph,) = all_full.stats().graphs
+    assert graph.accelerated and (graph.full_steps, graph.cheap_steps) == (20, 0)
+    torch.testing.assert_close(result, reference, atol=1e-4, rtol=0)
+
+    fresh_dynamo()
+    default = HeroBackend(AOT)
+    result = flow_matching_sample_nograd(torch.compile(model, backend=default, fullgraph=True), noise, 20)
+    (graph,) = default.stats().graphs
+    assert graph.accelerated and graph.cheap_steps > 0
+    assert psnr(result, reference) >= 30.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dual-stream (MM-DiT) models
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("joint_final", [False, True], ids=["video_out", "joint_out"])
+def test_dual_stream_model(joint_final: bool) -> None:
+    model = DualStreamTransformer(depth=6, joint_final=joint_final)
+    noise = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(5))
+    text = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(6))
+    reference = euler(model, noise, 20, text)
+
+    all_full = HeroBackend(AOT.replace(interval=1))
+    result = euler(torch.compile(model, backend=all_full, fullgraph=True), noise, 20, text)
+    torch.testing.assert_close(result, reference, atol=1e-4, rtol=0)
+
+    fresh_dynamo()
+    backend = HeroBackend(AOT)
+    result = euler(torch.compile(model, backend=backend, fullgraph=True), noise, 20, text)
+    (graph,) = backend.stats().graphs
+    assert graph.accelerated and graph.cheap_steps > 0
+    assert len(graph.blocks) == 6
+    # the streams leaving the deep segment: the video stream, plus the text stream when the postlude reads it
+    assert len(graph.deep_streams) == (2 if joint_final else 1)
+    assert psnr(result, reference) >= 30.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The default "hero" backend and its entry point
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_default_backend_by_name() -> None:
+    assert "hero" in torch._dynamo.list_backends()
+    assert torch._dynamo.lookup_backend("hero") is DEFAULT_BACKEND
+    assert hero_compile.stats() is DEFAULT_BACKEND.stats()
+
+    model = StackModel(depth=6)
+    noise = torch.randn(1, 6, 4)
+    graphs_before = len(hero_compile.stats().graphs)
+    compiled = torch.compile(model, backend="hero", options={"lowering": "aot_eager"}, fullgraph=True)
+    first = euler(compiled, noise, 12)
+    assert len(hero_compile.stats().graphs) == graphs_before + 1
+    graph = hero_compile.stats().graphs[-1]
+    assert graph.accelerated and graph.cheap_steps > 0 and graph.generations == 1
+    assert DEFAULT_BACKEND.config == HeroConfig(), "options must not leak into the default backend's config"
+
+    # a second generation learns the length and runs its final step in full, so it differs ...
+    second = euler(compiled, noise, 12)
+    assert graph.generations == 2
+    assert not torch.equal(second, first)
+    # ... while hero_compile.reset() forgets everything: the first generation again, bit for bit
+    hero_compile.reset()
+    third = euler(compiled, noise, 12)
+    assert graph.generations == 3
+    assert torch.equal(third, first)
+    assert len(hero_compile.stats().graphs) == graphs_before + 1
+
+
+ENTRY_POINT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.mod = nn.Linear(1, 8)
+
+        def forward(self, h, t):
+            return h + 0.3 * torch.tanh(self.fc(h) * (1 + self.mod(t[:, None] / 1000)[:, None]))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(4, 8)
+            self.blocks = nn.ModuleList(Block() for _ in range(6))
+            self.out = nn.Linear(8, 4)
+
+        def forward(self, x, timestep):
+            h = self.inp(x)
+            for block in self.blocks:
+                h = block(h, timestep)
+            return self.out(h)
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    compiled = torch.compile(model, backend="hero", options={"lowering": "aot_eager"}, fullgraph=True)
+    imported_before = "hero_compile" in sys.modules
+    x = torch.randn(1, 5, 4)
+    outs = []
+    with torch.no_grad():
+        for i in range(10):
+            t = torch.full((1,), 1000.0 - 100.0 * i)
+            outs.append((compiled(x, t) - model(x, t)).abs().max().item())
+    import hero_compile
+    graph = hero_compile.stats().graphs[0]
+    print(json.dumps({"imported_before": imported_before, "cheap": graph.cheap_steps,
+                      "full": graph.full_steps, "blocks": len(graph.blocks), "first_error": outs[0]}))
+    """
+)
+
+
+def test_entry_point_registers_hero_without_import() -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", ENTRY_POINT_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["imported_before"] is False
+    assert result["blocks"] == 6
+    assert result["full"] + result["cheap"] == 10 and result["cheap"] > 0
+    assert result["first_error"] < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The graph rewrite against a reference implementation of HERO written here, on a model with a plain postlude
+# ---------------------------------------------------------------------------------------------------------------
+
+REWRITE_DEPTH = 4
+
+
+def reference_outputs(
+    model: StackModel, inputs: list[tuple[torch.Tensor, torch.Tensor]], full: list[bool], split: int, config: HeroConfig
+) -> list[torch.Tensor]:
+    """HERO as documented: full steps cache the deep segment's residual/output, cheap steps extrapolate it."""
+    history: list[tuple[float, torch.Tensor]] = []
+    outputs = []
+    with torch.no_grad():
+        for (x, t), is_full in zip(inputs, full):
+            h, cond = model.prelude(x, t)
+            for block in model.blocks[:split]:
+                h = block(h, cond)
+            if is_full:
+                deep = h
+                for block in model.blocks[split:]:
+                    deep = block(deep, cond)
+                feature = deep - h if config.cache_target == "residual" else deep
+                history.insert(0, (float(t[0]), feature))
+                del history[config.extrapolation_order + 1 :]
+            else:
+                weights = extrapolation_coefficients(
+                    float(t[0]), [s for s, _ in history], config.extrapolation_order, config.extrapolation_order + 1
+                )
+                prediction = sum(w * f for w, (_, f) in zip(weights, history))
+                deep = h + prediction if config.cache_target == "residual" else prediction
+            outputs.append(model.postlude(deep))
+    return outputs
+
+
+@settings(max_examples=8)
+@given(
+    split=st.integers(0, REWRITE_DEPTH - 1),
+    cache_target=st.sampled_from(["residual", "output"]),
+    order=st.integers(0, 2),
+    warmup=st.integers(1, 3),
+)
+def test_rewrite_matches_reference(split: int, cache_target: str, order: int, warmup: int) -> None:
+    model = StackModel(depth=REWRITE_DEPTH, width=16)
+    generator = torch.Generator().manual_seed(split * 100 + order)
+    inputs = [(torch.randn(1, 5, 4, generator=generator), torch.tensor([1000.0 - 90.0 * i])) for i in range(10)]
+    with torch.no_grad():
+        eager = [model(x, t) for x, t in inputs]
+    # refresh_ratio=1: every shallow token is recomputed, so only the deep segment is approximated
+    config = AOT.replace(
+        split=split, cache_target=cache_target, extrapolation_order=order, warmup_steps=warmup, refresh_ratio=1.0
+    )
+
+    # interval=1: every step runs the full variant, whose numerics must be the model's
+    fresh_dynamo()
+    backend = HeroBackend(config.replace(interval=1))
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    with torch.no_grad():
+        for (x, t), expected in zip(inputs, eager):
+            torch.testing.assert_close(compiled(x, t), expected, atol=1e-5, rtol=0)
+    assert backend.stats().graphs[0].cheap_steps == 0
+
+    fresh_dynamo()
+    backend = HeroBackend(config)
+    recorder = Recorder(torch.compile(model, backend=backend, fullgraph=True), backend)
+    with torch.no_grad():
+        for x, t in inputs:
+            recorder(x, t)
+    calls = recorder.take()
+    (graph,) = backend.stats().graphs
+    assert graph.split == split and len(graph.deep_streams) == 1
+    full = [c.full for c in calls]
+    assert full == [is_full_step(s, config, None) for s in range(len(inputs))]
+    assert not all(full)
+    expected = reference_outputs(model, inputs, full, split, config)
+    for call, reference, plain in zip(calls, expected, eager):
+        torch.testing.assert_close(call.output, reference, atol=1e-5, rtol=1e-5)
+        if call.full:
+            torch.testing.assert_close(call.output, plain, atol=1e-5, rtol=0)
+    if order == 0 and cache_target == "output":
+        # the postlude reads only the deep output: a cheap step repeats the last full step's output exactly
+        last_full = None
+        for call in calls:
+            if call.full:
+                last_full = call.output
+            else:
+                assert last_full is not None and torch.equal(call.output, last_full)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_grad_mode_runs_only_full_steps() -> None:
+    model = StackModel(depth=6)
+    reference_model = copy.deepcopy(model)
+    backend = HeroBackend(AOT)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.randn(2, 5, 4)
+    for i in range(8):
+        t = torch.full((2,), 1000.0 - 100.0 * i)
+        out = compiled(x, t)
+        expected = reference_model(x, t)
+        assert out.requires_grad
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        out.square().mean().backward()
+        expected.square().mean().backward()
+    (graph,) = backend.stats().graphs
+    assert (graph.full_steps, graph.cheap_steps) == (8, 0)
+    for p, q in zip(model.parameters(), reference_model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4)

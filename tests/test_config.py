@@ -1,0 +1,177 @@
+"""HeroConfig validation and how ``torch.compile``'s ``mode=`` / ``options=`` reach the backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import pytest
+import torch
+from torch._inductor import list_mode_options
+
+import hero_compile
+from hero_compile import HeroBackend, HeroConfig
+from hero_compile.backend import resolve_options
+from models import StackModel
+
+BAD_VALUES: dict[str, list[object]] = {
+    "refresh_ratio": [0, 0.0, -0.25, 1.0001, 2, math.nan, math.inf, "0.5", None, [0.5]],
+    "patch_size": [0, -1, 1.5, 2.0, "2", None, True, False],
+    "warmup_steps": [-1, 1.0, "2", None, True, False],
+    "interval": [0, -3, 2.0, "3", None, True, False],
+    "final_full_steps": [-1, 0.5, "1", None, True, False],
+    "split": [-1, 1.5, "Auto", "half", "", None, True, False],
+    "extrapolation_order": [-1, 3, 1.0, "1", None, True, False],
+    "cache_target": ["Residual", "input", "", None, 0, "outputs"],
+    "lowering": ["Inductor", "cudagraphs", "aot-eager", "", None, 1],
+    "enabled": [1, 0, "yes", "True", None],
+}
+
+GOOD_VALUES: dict[str, list[object]] = {
+    "refresh_ratio": [1e-6, 0.25, 1.0, 1],
+    "patch_size": [1, 2, 16],
+    "warmup_steps": [0, 1, 50],
+    "interval": [1, 3, 100],
+    "final_full_steps": [0, 1, 10],
+    "split": ["auto", 0, 1, 1000],
+    "extrapolation_order": [0, 1, 2],
+    "cache_target": ["residual", "output"],
+    "lowering": ["inductor", "aot_eager", "eager"],
+    "enabled": [True, False],
+}
+
+
+def test_every_field_is_covered() -> None:
+    assert set(BAD_VALUES) == set(HeroConfig.field_names()) == set(GOOD_VALUES)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(f, v) for f, values in BAD_VALUES.items() for v in values], ids=lambda x: repr(x)
+)
+def test_bad_value_raises_value_error_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"\b{re.escape(field)}\b"):
+        HeroConfig(**{field: value})
+    # replace() validates like the constructor
+    with pytest.raises(ValueError, match=rf"\b{re.escape(field)}\b"):
+        HeroConfig().replace(**{field: value})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.py HeroConfig.__post_init__: refresh_ratio is checked with isinstance(x, (int, float)), "
+    "and bool is an int, so refresh_ratio=True (== 1) is accepted",
+)
+def test_bool_refresh_ratio_is_rejected() -> None:
+    with pytest.raises(ValueError, match="refresh_ratio"):
+        HeroConfig(refresh_ratio=True)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(f, v) for f, values in GOOD_VALUES.items() for v in values], ids=lambda x: repr(x)
+)
+def test_good_value_is_kept(field: str, value: object) -> None:
+    config = HeroConfig(**{field: value})
+    assert getattr(config, field) == value
+    assert getattr(HeroConfig().replace(**{field: value}), field) == value
+
+
+def test_defaults_and_frozen() -> None:
+    config = HeroConfig()
+    assert config.enabled is True and config.lowering == "inductor" and config.split == "auto"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.interval = 5  # type: ignore[misc]
+
+
+def test_replace_rejects_unknown_fields_and_keeps_the_original() -> None:
+    config = HeroConfig(interval=4)
+    with pytest.raises(ValueError, match=r"nope.*valid fields"):
+        config.replace(nope=1)
+    with pytest.raises(ValueError, match="bogus"):
+        config.replace(interval=2, bogus=True)
+    changed = config.replace(interval=2, cache_target="output")
+    assert (changed.interval, changed.cache_target) == (2, "output")
+    assert (config.interval, config.cache_target) == (4, "residual")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resolve_options: a pure function, no compile needed
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resolve_options_without_options_is_identity() -> None:
+    config = HeroConfig(interval=5)
+    resolved, inductor = resolve_options(config, None, None)
+    assert resolved == config and inductor == {}
+
+
+def test_resolve_options_splits_hero_fields_from_inductor_keys() -> None:
+    options = {"interval": 1, "max_autotune": False, "lowering": "inductor"}
+    resolved, inductor = resolve_options(HeroConfig(lowering="aot_eager"), options, None)
+    assert resolved.interval == 1 and resolved.lowering == "inductor"
+    assert inductor == {"max_autotune": False}
+    assert options == {"interval": 1, "max_autotune": False, "lowering": "inductor"}, "caller's dict mutated"
+
+
+def test_resolve_options_mode_gives_inductor_mode_patches() -> None:
+    mode = "max-autotune-no-cudagraphs"
+    resolved, inductor = resolve_options(HeroConfig(), None, mode)
+    assert resolved == HeroConfig()
+    assert inductor == list_mode_options(mode)
+    assert inductor  # the mode does patch something
+    # explicit options win over the mode's
+    _, inductor = resolve_options(HeroConfig(), {"max_autotune": False}, mode)
+    assert inductor == {**list_mode_options(mode), "max_autotune": False}
+
+
+def test_resolve_options_rejects_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="nope"):
+        resolve_options(HeroConfig(), {"nope": 1, "interval": 2}, None)
+    with pytest.raises(ValueError, match="interval"):
+        resolve_options(HeroConfig(), {"interval": 0}, None)
+
+
+def test_backend_rejects_unexpected_keyword_arguments(capture) -> None:  # type: ignore[no-untyped-def]
+    model = StackModel(depth=2)
+    x, t = torch.randn(1, 3, 4), torch.tensor([500.0])
+    gm = capture(model, x, t)
+    with pytest.raises(TypeError, match="dynamic"):
+        HeroBackend(HeroConfig(lowering="aot_eager"))(gm, [x, t], dynamic=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# options through torch.compile
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sample(model: torch.nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.tensor([1000.0 * (1 - i / steps)])
+            x = x - model(x, t) / steps
+    return x
+
+
+def test_unknown_compile_option_fails_naming_it() -> None:
+    model = StackModel(depth=2)
+    compiled = torch.compile(model, backend=hero_compile.backend(HeroConfig(lowering="aot_eager")), options={"nope": 1})
+    with pytest.raises(Exception, match="nope"):
+        _sample(compiled, torch.randn(1, 3, 4), 1)
+
+
+def test_interval_option_overrides_the_config() -> None:
+    model = StackModel(depth=4)
+    x = torch.randn(1, 3, 4)
+    backend = hero_compile.backend(HeroConfig(lowering="aot_eager", interval=3))
+
+    _sample(torch.compile(model, backend=backend, options={"interval": 1}), x, 10)
+    overridden = backend.stats().graphs[-1]
+    assert overridden.accelerated
+    assert (overridden.full_steps, overridden.cheap_steps) == (10, 0)
+    assert backend.config.interval == 3, "options must not change the backend's own config"
+
+    torch._dynamo.reset()
+    _sample(torch.compile(model, backend=backend), x, 10)
+    plain = backend.stats().graphs[-1]
+    assert plain is not overridden
+    assert plain.cheap_steps > 0 and plain.full_steps + plain.cheap_steps == 10
