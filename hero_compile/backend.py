@@ -121,7 +121,7 @@ def _build_runtime(
         if refresh:
             cheap_gm = refresh_shallow_blocks(cheap_gm, refresh, refresh_count)
         compile_cheap = partial(lower, cheap_gm, lowering=config.lowering, inductor_options=inductor_options)
-    full_gm = add_cache_outputs(gm, segment, [plan.output for plan in refresh])
+    full_gm = add_cache_outputs(gm, segment, [plan.cached_output for plan in refresh])
     spec = VariantSpec(
         num_outputs=len(_outputs(gm)),
         num_streams=len(segment.streams) if segment else 0,
@@ -145,22 +145,29 @@ def _plan_refresh(
     nodes = nodes_by_name(gm.graph)
     plans = []
     for block in shallow:
-        streams = stack.stream_inputs(block, nodes)
-        if len(streams) != 1:
-            stats.refresh_skipped[block.path] = f"{len(streams)} token streams (only single-stream blocks refresh)"
-            continue
+        stream = _refreshed_stream(stack.stream_inputs(block, nodes))
         try:
-            axes = analyze_token_axis(gm, block, streams[0].name)
-            plans.append(plan_block_refresh(block, axes, streams[0].name))
+            axes = analyze_token_axis(gm, block, stream.name)
+            plans.append(plan_block_refresh(block, axes, stream.name))
         except RewriteUnsupported as reason:
             stats.refresh_skipped[block.path] = str(reason)
     if not plans:
         return [], None
-    first_input = stack.stream_inputs(plans[0].block, nodes)[0]
-    grid = find_token_grid(first_input, plans[0].axes.token_inputs[first_input.name])
+    first_input = _refreshed_stream(stack.stream_inputs(plans[0].block, nodes))
+    grid = find_token_grid(first_input, plans[0].axes.token_inputs[first_input.name].dim)
     if prod(grid) != plans[0].axes.token_count:
         grid = (plans[0].axes.token_count,)
     return plans, grid
+
+
+def _refreshed_stream(streams: Sequence[fx.Node]) -> fx.Node:
+    """Of a block's token streams, the one with the most tokens (video, not text) is refreshed; the others are
+    always recomputed in full."""
+    return max(streams, key=lambda s: _sequence_length(s.meta["example_value"]))
+
+
+def _sequence_length(value: torch.Tensor) -> int:
+    return int(value.shape[1] if value.dim() >= 3 else value.shape[0])
 
 
 def _outputs(gm: fx.GraphModule) -> Sequence[Any]:

@@ -9,8 +9,10 @@ scattered into the cache, which becomes the block's output and is returned as th
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -20,26 +22,38 @@ from torch._dynamo.utils import counters
 from hero_compile.passes.discover_blocks import Block, flat_args
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.graph_copy import append_outputs, append_placeholders, copy_graph, new_graph_module
-from hero_compile.passes.token_axis import TokenAxisMap
+from hero_compile.passes.token_axis import ArgumentEdit, ResizeView, Segment, SliceTokens, TokenAxis, TokenAxisMap
 
 
 @dataclass(frozen=True)
 class BlockRefresh:
-    """A block to refresh, its token axes and the output whose tokens are cached."""
+    """A block to refresh, its token axes and what becomes of its outputs."""
 
     block: Block
     axes: TokenAxisMap
-    output: str
+    cached_output: str
+    """The refreshed stream's output: the subset is scattered into its cache."""
+    recomputed_outputs: tuple[str, ...]
+    """Outputs made of fixed tokens only (a dual-stream block's text stream): recomputed in full."""
 
 
 def plan_block_refresh(block: Block, axes: TokenAxisMap, stream_input: str) -> BlockRefresh:
-    """Check that ``block`` passes exactly its token stream on, along the axis it received it on."""
-    if len(block.outputs) != 1:
-        raise RewriteUnsupported(f"block {block.path} has {len(block.outputs)} outputs; refresh needs one stream")
-    output = block.outputs[0]
-    if axes.axes.get(output) != axes.token_inputs[stream_input]:
-        raise RewriteUnsupported(f"block {block.path} returns its tokens along another axis than it reads them")
-    return BlockRefresh(block, axes, output)
+    """Check that ``block`` returns its refreshed tokens in one output, along the axis it read them on."""
+    cached: list[tuple[str, TokenAxis]] = []
+    recomputed: list[tuple[str, TokenAxis]] = []
+    for name in block.outputs:
+        axis = axes.axis(name)
+        if axis is None:
+            if name in axes.axes:
+                raise RewriteUnsupported(f"block {block.path} returns a tuple carrying tokens ({name!r})")
+            continue
+        (recomputed if not axis.refreshed else cached).append((name, axis))
+    if len(cached) != 1:
+        raise RewriteUnsupported(f"block {block.path} returns its refreshed tokens in {len(cached)} outputs")
+    name, axis = cached[0]
+    if axis != axes.token_inputs[stream_input]:
+        raise RewriteUnsupported(f"block {block.path} returns its tokens with another layout than it reads them")
+    return BlockRefresh(block, axes, name, tuple(n for n, _ in recomputed))
 
 
 def refresh_shallow_blocks(gm: fx.GraphModule, plans: Sequence[BlockRefresh], refresh_count: int) -> fx.GraphModule:
@@ -49,10 +63,10 @@ def refresh_shallow_blocks(gm: fx.GraphModule, plans: Sequence[BlockRefresh], re
     indices, *caches = append_placeholders(
         graph, ["hero_refresh_indices", *(f"hero_block_cache_{i}" for i in range(len(plans)))]
     )
-    # Last block first: a block's rewrite redirects the users of its output, and the next block's plan names
+    # Last block first: a block's rewrite redirects the users of its outputs, and the next block's plan names
     # its input as that original output.
     updated = [
-        _refresh_block(graph, nodes, plan, indices, cache, refresh_count)
+        _BlockRewrite(graph, nodes, plan, indices, refresh_count).apply(cache)
         for plan, cache in reversed(list(zip(plans, caches)))
     ]
     append_outputs(graph, updated[::-1])
@@ -61,53 +75,99 @@ def refresh_shallow_blocks(gm: fx.GraphModule, plans: Sequence[BlockRefresh], re
     return new_graph_module(gm, graph)
 
 
-def _refresh_block(
-    graph: fx.Graph,
-    nodes: dict[str, fx.Node],
-    plan: BlockRefresh,
-    indices: fx.Node,
-    cache: fx.Node,
-    refresh_count: int,
-) -> fx.Node:
-    block, axes = plan.block, plan.axes
-    in_block = set(block.nodes)
-    key_value_path = _ancestors_in_block(
-        [arg for name in axes.attention for arg in nodes[name].args[1:3]], in_block
-    )
-    subset: dict[str, fx.Node] = {}
-    gathered: dict[str, fx.Node] = {}
+class _BlockRewrite:
+    """Builds the subset computation of one block beside the original, which keeps the key/value path."""
 
-    def on_subset(arg: fx.Node) -> fx.Node:
-        if arg.name in subset:
-            return subset[arg.name]
-        if arg.name in axes.token_inputs:
-            if arg.name not in gathered:
-                gathered[arg.name] = graph.call_function(
-                    torch.index_select, (arg, axes.token_inputs[arg.name], indices)
-                )
-            return gathered[arg.name]
-        return arg
+    def __init__(
+        self,
+        graph: fx.Graph,
+        nodes: dict[str, fx.Node],
+        plan: BlockRefresh,
+        indices: fx.Node,
+        refresh_count: int,
+    ) -> None:
+        self.graph, self.nodes, self.plan = graph, nodes, plan
+        self.indices, self.refresh_count = indices, refresh_count
+        self.subset: dict[str, fx.Node] = {}
+        self.gathered: dict[str, fx.Node] = {}
+        self.layout_indices: dict[tuple[Segment, ...], fx.Node] = {}
 
-    with graph.inserting_before(nodes[block.nodes[-1]].next):
-        for name in block.nodes:
-            if name not in axes.axes:
-                continue
-            node = nodes[name]
-            if name in key_value_path and isinstance(node.meta.get("example_value"), torch.Tensor):
-                # Computed for all tokens for the keys and values anyway: gather instead of recomputing.
-                subset[name] = graph.call_function(torch.index_select, (node, axes.axes[name], indices))
-            elif name in axes.attention:
-                query, key, value = node.args[:3]
-                assert callable(node.target) and isinstance(query, fx.Node)
-                subset[name] = graph.call_function(node.target, (on_subset(query), key, value), dict(node.kwargs))
-            else:
-                subset[name] = graph.node_copy(node, on_subset)
-                if name in axes.resized_views:
-                    _resize_view(subset[name], axes.resized_views[name], refresh_count)
-        output = nodes[plan.output]
-        updated = graph.call_function(torch.index_copy, (cache, axes.axes[plan.output], indices, subset[plan.output]))
-    output.replace_all_uses_with(updated, delete_user_cb=lambda user: user is not updated)
-    return updated
+    def apply(self, cache: fx.Node) -> fx.Node:
+        graph, nodes, plan, axes = self.graph, self.nodes, self.plan, self.plan.axes
+        key_value_path = _ancestors_in_block(
+            [arg for name in axes.attention for arg in nodes[name].args[1:3]], set(plan.block.nodes)
+        )
+        with graph.inserting_before(nodes[plan.block.nodes[-1]].next):
+            for name in plan.block.nodes:
+                if name not in axes.axes:
+                    continue
+                node, axis = nodes[name], axes.axis(name)
+                if name in key_value_path and axis is not None:
+                    # Computed for all tokens for the keys and values anyway: gather instead of recomputing.
+                    self.subset[name] = graph.call_function(torch.index_select, (node, axis.dim, self._index(axis)))
+                elif name in axes.attention:
+                    query, key, value = node.args[:3]
+                    assert callable(node.target) and isinstance(query, fx.Node)
+                    self.subset[name] = graph.call_function(
+                        node.target, (self._on_subset(query), key, value), dict(node.kwargs)
+                    )
+                else:
+                    self.subset[name] = graph.node_copy(node, self._on_subset)
+                    if name in axes.edits:
+                        self._edit(self.subset[name], axes.edits[name])
+            output = nodes[plan.cached_output]
+            cached_axis = axes.axis(plan.cached_output)
+            assert cached_axis is not None
+            updated = graph.call_function(
+                torch.index_copy, (cache, cached_axis.dim, self.indices, self.subset[plan.cached_output])
+            )
+        output.replace_all_uses_with(updated, delete_user_cb=lambda user: user is not updated)
+        for name in plan.recomputed_outputs:
+            nodes[name].replace_all_uses_with(self.subset[name])
+        return updated
+
+    def _on_subset(self, arg: fx.Node) -> fx.Node:
+        if arg.name in self.subset:
+            return self.subset[arg.name]
+        axis = self.plan.axes.token_inputs.get(arg.name)
+        if axis is None:
+            return arg
+        if arg.name not in self.gathered:
+            self.gathered[arg.name] = self.graph.call_function(torch.index_select, (arg, axis.dim, self._index(axis)))
+        return self.gathered[arg.name]
+
+    def _index(self, axis: TokenAxis) -> fx.Node:
+        """Positions of the subset along ``axis``: fixed segments whole, the refreshed one at the indices."""
+        if axis.layout not in self.layout_indices:
+            graph, parts, offset = self.graph, [], 0
+            for segment in axis.layout:
+                if segment.refreshed:
+                    parts.append(graph.call_function(operator.add, (self.indices, offset)))
+                else:
+                    positions = graph.call_function(torch.arange, (offset, offset + segment.length))
+                    parts.append(graph.call_method("to", (positions, self.indices)))
+                offset += segment.length
+            self.layout_indices[axis.layout] = parts[0] if len(parts) == 1 else graph.call_function(torch.cat, (parts,))
+        return self.layout_indices[axis.layout]
+
+    def _edit(self, node: fx.Node, edit: ArgumentEdit) -> None:
+        """Rewrite token counts and positions in ``node``'s arguments for the subset."""
+        count = self.refresh_count
+        if isinstance(edit, ResizeView):
+            _resize_view(node, edit.position, edit.axis.subset_length(count))
+        elif isinstance(edit, SliceTokens):
+            source, index = node.args[:2]
+            entries = list(index) if isinstance(index, tuple) else [index]
+            entries[edit.entry] = slice(
+                edit.axis.subset_position(edit.start, count), edit.axis.subset_position(edit.stop, count)
+            )
+            node.args = (source, tuple(entries) if isinstance(index, tuple) else entries[0], *node.args[2:])
+        else:
+            bounds = [sum(edit.sizes[:i]) for i in range(len(edit.sizes) + 1)]
+            mapped = [edit.axis.subset_position(b, count) for b in bounds]
+            sizes = [b - a for a, b in pairwise(mapped)]
+            node.args = (node.args[0], sizes, *node.args[2:])
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "split_size_or_sections"}
 
 
 def _ancestors_in_block(roots: Sequence[object], in_block: set[str]) -> set[str]:

@@ -1,11 +1,13 @@
-"""Token-axis analysis: which dimension of every value inside a block indexes the tokens.
+"""Token-axis analysis: which dimension of every value inside a block indexes the refreshed tokens.
 
-Starting from the block's token stream input, each op maps the token axis of its inputs to the token axis of
-its output (views and reshapes by matching prefix products of the shapes, permutes by their permutation,
-elementwise ops by broadcasting alignment, ...). Values with no token axis (adaLN modulation, weights) are
-shared by all tokens. External inputs that broadcast against the token axis (rotary tables, positional
-embeddings) carry tokens too and are recorded so the refresh rewrite can gather them. The analysis never
-infers an axis from a size: a token count equal to head_dim, hidden size or frame count is handled alike.
+Starting from the block's refreshed stream input, each op maps the token axis of its inputs to the token axis
+of its output: views and reshapes by matching prefix products of the shapes, permutes by their permutation,
+elementwise ops by broadcasting alignment, and so on. Values with no token axis (adaLN modulation, weights)
+are shared by all tokens. External inputs that broadcast against the token axis (rotary tables, positional
+embeddings) are recorded so the refresh rewrite can gather them. Dual-stream blocks concatenate text and video
+tokens: the axis then has a *layout*, a sequence of segments that are either refreshed (the subset is kept) or
+fixed (always computed in full), and slices or splits along it must fall on segment boundaries. The analysis
+never infers an axis from a size: a token count equal to head_dim, hidden size or frame count works alike.
 """
 
 from __future__ import annotations
@@ -23,38 +25,118 @@ from hero_compile.passes.discover_blocks import Block, flat_args, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A run of positions along a token axis: the refreshed stream's tokens, or fixed tokens (e.g. text)."""
+
+    refreshed: bool
+    length: int
+
+
+@dataclass(frozen=True)
+class TokenAxis:
+    """Where the tokens are in a value, and what lies along that dimension."""
+
+    dim: int
+    layout: tuple[Segment, ...]
+
+    @property
+    def length(self) -> int:
+        return sum(s.length for s in self.layout)
+
+    @property
+    def refreshed(self) -> bool:
+        return any(s.refreshed for s in self.layout)
+
+    def subset_length(self, refresh_count: int) -> int:
+        """The dimension's size when the refreshed segment holds ``refresh_count`` tokens."""
+        return sum(refresh_count if s.refreshed else s.length for s in self.layout)
+
+    def subset_position(self, position: int, refresh_count: int) -> int:
+        """A segment boundary in full coordinates, in subset coordinates."""
+        offset, mapped = 0, 0
+        for segment in self.layout:
+            if offset == position:
+                return mapped
+            offset += segment.length
+            mapped += refresh_count if segment.refreshed else segment.length
+        assert offset == position, "positions are checked to be segment boundaries"
+        return mapped
+
+    def moved(self, dim: int) -> TokenAxis:
+        return TokenAxis(dim, self.layout)
+
+
+# A tuple-valued node (chunk, split) has one entry per element.
+NodeAxis = TokenAxis | tuple[TokenAxis | None, ...]
+
+
+@dataclass(frozen=True)
+class ResizeView:
+    """A ``view``/``reshape`` whose size argument at ``position`` is the token dimension."""
+
+    position: int
+    axis: TokenAxis
+
+
+@dataclass(frozen=True)
+class SliceTokens:
+    """Indexing that slices the token axis: entry ``entry`` of the index is ``slice(start, stop)``."""
+
+    entry: int
+    start: int
+    stop: int
+    axis: TokenAxis
+
+
+@dataclass(frozen=True)
+class SplitTokens:
+    """``split(sizes, dim)`` along the token axis."""
+
+    sizes: tuple[int, ...]
+    axis: TokenAxis
+
+
+ArgumentEdit = ResizeView | SliceTokens | SplitTokens
+
+
 @dataclass
 class TokenAxisMap:
     """Token axes of one block. Node names refer to the analysed graph."""
 
     token_count: int
-    axes: dict[str, int] = field(default_factory=dict)
-    """Block nodes whose value has a token axis, and that axis (tuple values: the axis of every element)."""
-    token_inputs: dict[str, int] = field(default_factory=dict)
+    axes: dict[str, NodeAxis] = field(default_factory=dict)
+    """Block nodes that depend on the refreshed tokens, and their token axis."""
+    token_inputs: dict[str, TokenAxis] = field(default_factory=dict)
     """External inputs read along the token axis (the stream input, rotary tables), and their axis."""
-    resized_views: dict[str, int] = field(default_factory=dict)
-    """``view``/``reshape`` nodes and the position of the token dimension among their size arguments."""
+    edits: dict[str, ArgumentEdit] = field(default_factory=dict)
+    """Nodes whose arguments name token positions or counts, to be rewritten for the subset."""
     attention: list[str] = field(default_factory=list)
     """Fused attention nodes: queries follow the tokens, keys and values come from all tokens."""
 
+    def axis(self, name: str) -> TokenAxis | None:
+        value = self.axes.get(name)
+        return value if isinstance(value, TokenAxis) else None
+
 
 def analyze_token_axis(gm: fx.GraphModule, block: Block, stream_input: str) -> TokenAxisMap:
-    """The token axes inside ``block`` whose tokens enter through ``stream_input``.
+    """The token axes inside ``block`` whose refreshed tokens enter through ``stream_input``.
 
-    The stream input's token axis is dimension 1 of a ``(batch, tokens, ...)`` tensor (0 without batch);
-    fused attention must then see it as its sequence axis, else the block is rejected. Raises
+    The stream input's tokens are dimension 1 of a ``(batch, tokens, ...)`` tensor (0 without batch); fused
+    attention must then see them on its sequence axis, else the block is rejected. Raises
     :class:`RewriteUnsupported` naming the node and op where the token axis cannot be followed.
     """
     nodes = nodes_by_name(gm.graph)
     start = _tensor(nodes[stream_input])
-    axis = 1 if start.dim() >= 3 else 0
-    result = TokenAxisMap(token_count=int(start.shape[axis]), token_inputs={stream_input: axis})
+    dim = 1 if start.dim() >= 3 else 0
+    count = int(start.shape[dim])
+    result = TokenAxisMap(token_count=count)
+    result.token_inputs[stream_input] = TokenAxis(dim, (Segment(True, count),))
     inside = set(block.nodes)
     for name in block.nodes:
-        node = nodes[name]
-        out_axis = _Rule(node, result, inside).output_axis()
-        if out_axis is not None:
-            result.axes[name] = out_axis
+        axis = _Rule(nodes[name], result, inside).output_axis()
+        if axis is not None:
+            result.axes[name] = axis
     return result
 
 
@@ -66,33 +148,49 @@ class _Rule:
         self.analysis = analysis
         self.inside = inside
 
-    def axis_of(self, value: Any) -> int | None:
+    def axis_of(self, value: Any) -> NodeAxis | None:
         if not isinstance(value, fx.Node):
             return None
         if value.name in self.inside:
             return self.analysis.axes.get(value.name)
         return self.analysis.token_inputs.get(value.name)
 
+    def tensor_axis_of(self, value: Any) -> TokenAxis | None:
+        axis = self.axis_of(value)
+        return axis if isinstance(axis, TokenAxis) else None
+
     def reject(self, why: str) -> RewriteUnsupported:
         return RewriteUnsupported(f"token axis lost at node {self.node.name!r} ({_op_name(self.node)}): {why}")
 
-    def output_axis(self) -> int | None:
-        node = self.node
-        rule = _rule_for(node)
-        token_args = [a for a in flat_args(node) if self.axis_of(a) is not None]
-        if rule is _elementwise or rule is _concatenate:
+    def output_axis(self) -> NodeAxis | None:
+        rule = _rule_for(self.node)
+        if rule in (_elementwise, _concatenate):
+            assert rule is not None
             return rule(self)
-        if not token_args:
+        if not any(self.axis_of(a) is not None for a in flat_args(self.node)):
             return None
         if rule is None:
             raise self.reject("op not understood by the token-axis analysis")
         return rule(self)
 
+    def record_token_input(self, arg: fx.Node, axis: TokenAxis) -> None:
+        """``arg``, read from outside the block, lines up with the tokens along ``axis``."""
+        if arg.name in self.inside:
+            raise self.reject(f"operand {arg.name!r} has tokens but is computed from no token input")
+        if not axis.refreshed:
+            return  # fixed tokens are read in full, no gather needed
+        known = self.analysis.token_inputs.get(arg.name)
+        if known is not None and known != axis:
+            raise self.reject(f"input {arg.name!r} is read with two different token axes")
+        if _tensor(arg).shape[axis.dim] != axis.length:
+            raise self.reject(f"input {arg.name!r} broadcasts against the tokens with another length")
+        self.analysis.token_inputs[arg.name] = axis
 
-def _tensor(node: fx.Node) -> torch.Tensor:
-    value = node.meta.get("example_value")
-    if not isinstance(value, torch.Tensor):
-        raise RewriteUnsupported(f"node {node.name!r} has no tensor example value")
+
+def _tensor(node: Any) -> Any:
+    value = node.meta.get("example_value") if isinstance(node, fx.Node) else None
+    if not isinstance(value, (torch.Tensor, tuple, list)):
+        raise RewriteUnsupported(f"node {getattr(node, 'name', node)!r} has no tensor example value")
     return value
 
 
@@ -114,7 +212,12 @@ def _normalize(dim: int, rank: int) -> int:
     return dim + rank if dim < 0 else dim
 
 
-def _elementwise(rule: _Rule) -> int | None:
+def _argument(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    args = _positional(node)
+    return args[index] if index < len(args) else _keywords(node).get(name, default)
+
+
+def _elementwise(rule: _Rule) -> NodeAxis | None:
     """Broadcasting: tensors are right-aligned; an operand with a size > 1 at the token position has tokens."""
     node = rule.node
     out = node.meta.get("example_value")
@@ -122,86 +225,98 @@ def _elementwise(rule: _Rule) -> int | None:
         return None
     rank = out.dim()
     aligned = {
-        _normalize(a, v.dim()) + rank - v.dim()
-        for a, v in ((rule.axis_of(arg), arg.meta.get("example_value")) for arg in flat_args(node))
-        if a is not None and isinstance(v, torch.Tensor)
+        axis.moved(axis.dim + rank - _tensor(arg).dim())
+        for arg in flat_args(node)
+        if (axis := rule.tensor_axis_of(arg)) is not None
     }
     if not aligned:
         return None
     if len(aligned) > 1:
-        raise rule.reject(f"operands disagree on the token axis {sorted(aligned)}")
+        raise rule.reject("operands disagree on the token axis")
     axis = aligned.pop()
     for arg in flat_args(node):
         value = arg.meta.get("example_value")
         if rule.axis_of(arg) is not None or not isinstance(value, torch.Tensor):
             continue
-        dim = axis - (rank - value.dim())
-        if dim < 0 or value.shape[dim] == 1:
-            continue
-        if arg.name in rule.inside:
-            raise rule.reject(f"operand {arg.name!r} has tokens but is computed from no token input")
-        _record_token_input(rule, arg, dim)
+        dim = axis.dim - (rank - value.dim())
+        if dim >= 0 and value.shape[dim] != 1:
+            rule.record_token_input(arg, axis.moved(dim))
     return axis
 
 
-def _record_token_input(rule: _Rule, arg: fx.Node, dim: int) -> None:
-    known = rule.analysis.token_inputs.get(arg.name)
-    if known is not None and known != dim:
-        raise rule.reject(f"input {arg.name!r} is read with tokens along dims {known} and {dim}")
-    if arg.meta["example_value"].shape[dim] != rule.analysis.token_count:
-        raise rule.reject(f"input {arg.name!r} broadcasts against the tokens with another length")
-    rule.analysis.token_inputs[arg.name] = dim
-
-
-def _concatenate(rule: _Rule) -> int | None:
-    tensors, dim = _args(rule.node, ("tensors", "dim"), (None, 0))
+def _concatenate(rule: _Rule) -> NodeAxis | None:
+    tensors = _argument(rule.node, 0, "tensors", ())
+    dim = _argument(rule.node, 1, "dim", 0)
     rank = rule.node.meta["example_value"].dim()
-    axes = {rule.axis_of(t) for t in tensors} - {None}
-    if not axes:
+    axes = [rule.tensor_axis_of(t) for t in tensors]
+    known = {a.dim for a in axes if a is not None}
+    if not known:
         return None
-    if len(axes) > 1:
+    if len(known) > 1:
         raise rule.reject("concatenated tensors disagree on the token axis")
+    token_dim = known.pop()
+    if _normalize(dim, rank) != token_dim:
+        layouts = {a.layout for a in axes if a is not None}
+        if len(layouts) > 1:
+            raise rule.reject("concatenated tensors have different token layouts")
+        axis = TokenAxis(token_dim, layouts.pop())
+        for tensor, tensor_axis in zip(tensors, axes):
+            if tensor_axis is None:
+                rule.record_token_input(tensor, axis)
+        return axis
+    # Along the token axis (joint text+video attention): the layouts follow each other.
+    layout: list[Segment] = []
+    for tensor, tensor_axis in zip(tensors, axes):
+        layout.extend(tensor_axis.layout if tensor_axis else (Segment(False, int(_tensor(tensor).shape[token_dim])),))
+    if sum(s.refreshed for s in layout) > 1:
+        raise rule.reject("two refreshed token runs on one axis")
+    return TokenAxis(token_dim, tuple(layout))
+
+
+def _stack(rule: _Rule) -> NodeAxis | None:
+    """``stack`` inserts a dimension; the tensors must agree on their tokens (broadcasting is not allowed)."""
+    tensors = _argument(rule.node, 0, "tensors", ())
+    axes = {rule.tensor_axis_of(t) for t in tensors}
+    if len(axes) != 1 or None in axes:
+        raise rule.reject("stacked tensors disagree on the token axis")
     axis = axes.pop()
     assert axis is not None
-    if _normalize(dim, rank) == axis:
-        raise rule.reject("concatenation along the token axis (joint text+video attention is not refreshed yet)")
-    for tensor in tensors:
-        if rule.axis_of(tensor) is None:
-            if tensor.name in rule.inside:
-                raise rule.reject(f"operand {tensor.name!r} has tokens but is computed from no token input")
-            _record_token_input(rule, tensor, axis)
-    return axis
+    dim = _normalize(_argument(rule.node, 1, "dim", 0), _tensor(rule.node).dim())
+    return axis.moved(axis.dim + 1) if dim <= axis.dim else axis
 
 
-def _keep_unless_last(rule: _Rule) -> int | None:
+def _keep_unless_last(rule: _Rule) -> NodeAxis | None:
     """Linear layers mix the last dimension only."""
-    axis = rule.axis_of(_positional(rule.node)[0])
-    if axis is None or axis == _positional(rule.node)[0].meta["example_value"].dim() - 1:
+    source = _positional(rule.node)[0]
+    axis = rule.tensor_axis_of(source)
+    if axis is None or axis.dim == _tensor(source).dim() - 1:
         raise rule.reject("the token axis is the contracted dimension or not on the first operand")
     return axis
 
 
-def _normalization(rule: _Rule) -> int | None:
-    (x, shape) = _args(rule.node, ("input", "normalized_shape"), (None, None))
-    axis = rule.axis_of(x)
-    if axis is None or axis >= x.meta["example_value"].dim() - len(shape):
+def _normalization(rule: _Rule) -> NodeAxis | None:
+    source = _argument(rule.node, 0, "input", None)
+    shape = _argument(rule.node, 1, "normalized_shape", ())
+    axis = rule.tensor_axis_of(source)
+    if axis is None or axis.dim >= _tensor(source).dim() - len(shape):
         raise rule.reject("normalization over the token axis")
     return axis
 
 
-def _reshape(rule: _Rule) -> int | None:
+def _reshape(rule: _Rule) -> NodeAxis | None:
     """The token dimension must survive as a dimension of its own: equal prefix products before it."""
     source = _positional(rule.node)[0]
-    axis = rule.axis_of(source)
+    axis = rule.tensor_axis_of(source)
     assert axis is not None
-    in_shape = list(source.meta["example_value"].shape)
-    out_shape = list(rule.node.meta["example_value"].shape)
-    before = _product(in_shape[:axis])
+    in_shape = list(_tensor(source).shape)
+    out_shape = list(_tensor(rule.node).shape)
+    before = _product(in_shape[: axis.dim])
     for j in range(len(out_shape)):
-        if _product(out_shape[:j]) == before and out_shape[j] == in_shape[axis]:
+        if _product(out_shape[:j]) == before and out_shape[j] == in_shape[axis.dim]:
+            moved = axis.moved(j)
             if rule.node.target in ("view", "reshape", torch.reshape):
-                rule.analysis.resized_views[rule.node.name] = j
-            return j
+                rule.analysis.edits[rule.node.name] = ResizeView(j, moved)
+            return moved
     raise rule.reject(f"reshape {in_shape} -> {out_shape} merges or splits the token axis")
 
 
@@ -212,86 +327,138 @@ def _product(sizes: Sequence[int]) -> int:
     return result
 
 
-def _permute(rule: _Rule) -> int | None:
+def _permute(rule: _Rule) -> NodeAxis | None:
     node = rule.node
-    source = _positional(node)[0]
-    axis = rule.axis_of(source)
-    assert axis is not None
-    rank = source.meta["example_value"].dim()
-    if node.target in ("transpose", torch.transpose):
-        d0, d1 = (_normalize(int(d), rank) for d in _positional(node)[1:3])
-        return d1 if axis == d0 else d0 if axis == d1 else axis
     args = _positional(node)
+    axis = rule.tensor_axis_of(args[0])
+    assert axis is not None
+    rank = _tensor(args[0]).dim()
+    if node.target in ("transpose", torch.transpose):
+        d0, d1 = (_normalize(int(d), rank) for d in args[1:3])
+        return axis.moved(d1 if axis.dim == d0 else d0 if axis.dim == d1 else axis.dim)
     dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
-    if not dims:
-        dims = _keywords(node)["dims"]
-    return [_normalize(int(d), rank) for d in dims].index(axis)
+    dims = dims or _keywords(node)["dims"]
+    return axis.moved([_normalize(int(d), rank) for d in dims].index(axis.dim))
 
 
-def _split(rule: _Rule) -> int | None:
-    """chunk/split/unbind along another dimension: every piece keeps the token axis."""
+def _split(rule: _Rule) -> NodeAxis | None:
+    """chunk/split/unbind: pieces along another dimension keep the axis; a split along it cuts the layout."""
     node = rule.node
     source = _positional(node)[0]
-    axis = rule.axis_of(source)
+    axis = rule.tensor_axis_of(source)
     assert axis is not None
-    rank = source.meta["example_value"].dim()
-    default_dim = 0
-    dim = _keywords(node).get("dim", _positional(node)[2] if len(_positional(node)) > 2 else default_dim)
-    if node.target in ("unbind", torch.unbind):
-        dim = _keywords(node).get("dim", _positional(node)[1] if len(_positional(node)) > 1 else 0)
-    dim = _normalize(int(dim), rank)
-    if dim == axis:
-        raise rule.reject("split along the token axis")
-    if node.target in ("unbind", torch.unbind) and dim < axis:
-        return axis - 1
-    return axis
+    rank = _tensor(source).dim()
+    unbind = node.target in ("unbind", torch.unbind)
+    dim = _normalize(int(_argument(node, 1 if unbind else 2, "dim", 0)), rank)
+    pieces = len(_tensor(node))
+    if dim != axis.dim:
+        piece_axis = axis.moved(axis.dim - 1) if unbind and dim < axis.dim else axis
+        return (piece_axis,) * pieces
+    sizes = _argument(node, 1, "split_size_or_sections", None)
+    if node.target not in ("split", torch.split) or not isinstance(sizes, (list, tuple)):
+        raise rule.reject("split along the token axis into equal chunks")
+    rule.analysis.edits[node.name] = SplitTokens(tuple(int(s) for s in sizes), axis)
+    result: list[TokenAxis | None] = []
+    offset = 0
+    for size in sizes:
+        result.append(_cut(rule, axis, offset, offset + int(size)))
+        offset += int(size)
+    return tuple(result)
 
 
-def _getitem(rule: _Rule) -> int | None:
-    source, index = _positional(rule.node)
-    axis = rule.axis_of(source)
+def _cut(rule: _Rule, axis: TokenAxis, start: int, stop: int) -> TokenAxis:
+    """The layout between two positions, which must be segment boundaries."""
+    kept, offset = [], 0
+    boundaries = {0}
+    for segment in axis.layout:
+        if start <= offset and offset + segment.length <= stop:
+            kept.append(segment)
+        offset += segment.length
+        boundaries.add(offset)
+    if start not in boundaries or stop not in boundaries:
+        raise rule.reject(f"tokens [{start}:{stop}] cut through a run of refreshed tokens")
+    return TokenAxis(axis.dim, tuple(kept))
+
+
+def _index(rule: _Rule, source: fx.Node, index: Any) -> tuple[int, TokenAxis] | None:
+    """How an index expression maps the token axis: ``(output dim, axis)``; records slices of the tokens."""
+    axis = rule.tensor_axis_of(source)
     assert axis is not None
-    if isinstance(source.meta["example_value"], (tuple, list)):
-        return axis
-    rank = source.meta["example_value"].dim()
-    index = index if isinstance(index, tuple) else (index,)
-    consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
-    out_dim, in_dim = 0, 0
-    for i in index:
-        if i is Ellipsis:
+    rank = _tensor(source).dim()
+    entries = index if isinstance(index, tuple) else (index,)
+    consumed = sum(1 for i in entries if i is not None and i is not Ellipsis)
+    out_dim = in_dim = 0
+    for entry, item in enumerate(entries):
+        if item is Ellipsis:
             skip = rank - consumed
-            if in_dim <= axis < in_dim + skip:
-                return out_dim + axis - in_dim
+            if in_dim <= axis.dim < in_dim + skip:
+                return out_dim + axis.dim - in_dim, axis
             in_dim, out_dim = in_dim + skip, out_dim + skip
-        elif i is None:
+        elif item is None:
             out_dim += 1
-        elif in_dim == axis:
-            if isinstance(i, slice) and i == slice(None):
-                return out_dim
-            raise rule.reject("indexing into the token axis")
+        elif in_dim == axis.dim:
+            if not isinstance(item, slice) or item.step not in (None, 1):
+                raise rule.reject("indexing into the token axis")
+            start, stop, _ = item.indices(axis.length)
+            if (start, stop) != (0, axis.length):
+                rule.analysis.edits[rule.node.name] = SliceTokens(entry, start, stop, axis)
+            return out_dim, _cut(rule, axis, start, stop)
         else:
             in_dim += 1
-            out_dim += 0 if isinstance(i, int) else 1
-    return out_dim + axis - in_dim
+            out_dim += 0 if isinstance(item, int) else 1
+    return out_dim + axis.dim - in_dim, axis
 
 
-def _reduction(rule: _Rule) -> int | None:
+def _getitem(rule: _Rule) -> NodeAxis | None:
+    source, index = _positional(rule.node)
+    source_axis = rule.axis_of(source)
+    if isinstance(source_axis, tuple):
+        return source_axis[index]
+    mapped = _index(rule, source, index)
+    assert mapped is not None
+    dim, axis = mapped
+    return axis.moved(dim)
+
+
+def _setitem(rule: _Rule) -> NodeAxis | None:
+    """``target[index] = value`` (rotary embeddings applied to part of the sequence): the written region and
+    the value must agree on their tokens. The node is copied for the subset like any other."""
+    target, index, value = _positional(rule.node)
+    target_axis = rule.tensor_axis_of(target)
+    if target_axis is None:
+        raise rule.reject("a value with tokens is written into a tensor without")
+    mapped = _index(rule, target, index)
+    assert mapped is not None
+    dim, region = mapped
+    entries = index if isinstance(index, tuple) else (index,)
+    region_rank = _tensor(target).dim() - sum(isinstance(e, int) for e in entries) + entries.count(None)
+    if isinstance(value, fx.Node) and isinstance(value.meta.get("example_value"), torch.Tensor):
+        value_dim = dim - (region_rank - _tensor(value).dim())
+        value_axis = rule.tensor_axis_of(value)
+        if value_axis is not None and value_axis != region.moved(value_dim):
+            raise rule.reject("the written value's tokens do not line up with the region")
+        if value_axis is None and value_dim >= 0 and _tensor(value).shape[value_dim] != 1:
+            rule.record_token_input(value, region.moved(value_dim))
+    return target_axis
+
+
+def _reduction(rule: _Rule) -> NodeAxis | None:
     node = rule.node
     source = _positional(node)[0]
-    axis = rule.axis_of(source)
+    axis = rule.tensor_axis_of(source)
     assert axis is not None
-    rank = source.meta["example_value"].dim()
-    dims = _keywords(node).get("dim", _positional(node)[1] if len(_positional(node)) > 1 else None)
+    rank = _tensor(source).dim()
+    dims = _argument(node, 1, "dim", None)
     if dims is None:
         raise rule.reject("reduction over every dimension, the token axis included")
     dims = [_normalize(int(d), rank) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
-    if axis in dims:
+    if axis.dim in dims:
         raise rule.reject("reduction over the token axis")
-    keepdim = _keywords(node).get("keepdim", _positional(node)[2] if len(_positional(node)) > 2 else False)
-    return axis if keepdim else axis - sum(d < axis for d in dims)
+    keepdim = _argument(node, 2, "keepdim", False)
+    return axis if keepdim else axis.moved(axis.dim - sum(d < axis.dim for d in dims))
 
 
-def _attention(rule: _Rule) -> int | None:
+def _attention(rule: _Rule) -> NodeAxis | None:
     node = rule.node
     query, key, value = _positional(node)[:3]
     if _keywords(node).get("attn_mask") is not None or len(_positional(node)) > 3:
@@ -299,31 +466,26 @@ def _attention(rule: _Rule) -> int | None:
     if _keywords(node).get("is_causal"):
         raise rule.reject("causal attention")
     for role, tensor in (("query", query), ("key", key), ("value", value)):
-        expected = tensor.meta["example_value"].dim() - 2
-        if rule.axis_of(tensor) != expected:
+        axis = rule.tensor_axis_of(tensor)
+        if axis is None or axis.dim != _tensor(tensor).dim() - 2:
             raise rule.reject(f"the {role} sequence axis is not the token axis of the block input")
     rule.analysis.attention.append(node.name)
-    return node.meta["example_value"].dim() - 2
-
-
-def _args(node: fx.Node, names: Sequence[str], defaults: Sequence[Any]) -> list[Any]:
-    return [
-        _positional(node)[i] if i < len(_positional(node)) else _keywords(node).get(name, default)
-        for i, (name, default) in enumerate(zip(names, defaults))
-    ]
+    query_axis = rule.tensor_axis_of(query)
+    assert query_axis is not None
+    return query_axis
 
 
 _ELEMENTWISE_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow,
     torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.pow, torch.tanh, torch.sigmoid, torch.exp,
     torch.rsqrt, torch.sqrt, torch.clamp, torch.where, torch.sin, torch.cos,
-    F.gelu, F.silu, F.relu, F.dropout, F.mish, torch.nn.functional.sigmoid,
+    F.gelu, F.silu, F.relu, F.dropout, F.mish, F.sigmoid,
 }
 _ELEMENTWISE_METHODS = {
     "add", "sub", "mul", "div", "neg", "pow", "tanh", "sigmoid", "exp", "rsqrt", "sqrt", "clamp",
     "float", "half", "bfloat16", "to", "type_as", "type", "contiguous", "clone", "sin", "cos",
 }
-_RULES: dict[Any, Callable[[_Rule], int | None]] = {
+_RULES: dict[Any, Callable[[_Rule], NodeAxis | None]] = {
     torch._C._nn.linear: _keep_unless_last,
     F.linear: _keep_unless_last,
     F.layer_norm: _normalization,
@@ -335,14 +497,16 @@ _RULES: dict[Any, Callable[[_Rule], int | None]] = {
     "chunk": _split, torch.chunk: _split, "split": _split, torch.split: _split, "unbind": _split,
     torch.unbind: _split,
     operator.getitem: _getitem,
+    operator.setitem: _setitem,
     "mean": _reduction, torch.mean: _reduction, "sum": _reduction, torch.sum: _reduction,
     "amax": _reduction, torch.amax: _reduction,
     F.scaled_dot_product_attention: _attention,
     torch.cat: _concatenate, torch.concat: _concatenate,
+    torch.stack: _stack,
 }
 
 
-def _rule_for(node: fx.Node) -> Callable[[_Rule], int | None] | None:
+def _rule_for(node: fx.Node) -> Callable[[_Rule], NodeAxis | None] | None:
     if node.op == "call_method" and node.target in _ELEMENTWISE_METHODS:
         return _elementwise
     if node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS:
