@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ import torch.fx as fx
 from hypothesis import HealthCheck, settings
 from torch._dynamo import convert_frame
 from torch._dynamo.utils import counters, guard_failures
+
+from hero_compile import HeroBackend
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -94,3 +97,33 @@ def capture_graph(model: torch.nn.Module, *args: Any) -> fx.GraphModule:
 @pytest.fixture
 def capture() -> Callable[..., fx.GraphModule]:
     return capture_graph
+
+
+@dataclass
+class Call:
+    inputs: tuple[torch.Tensor, ...]
+    output: torch.Tensor
+    full: bool
+    eager: torch.Tensor | None = None
+
+
+@dataclass
+class Recorder:
+    """Wraps a compiled model: records each call's inputs, output, whether it ran in full, and the eager output."""
+
+    compiled: Callable[..., torch.Tensor]
+    backend: HeroBackend
+    eager: torch.nn.Module | None = None
+    calls: list[Call] = field(default_factory=list)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        before = self.backend.stats().full_steps
+        output = self.compiled(*inputs)
+        full = self.backend.stats().full_steps > before
+        eager = self.eager(*inputs) if self.eager is not None else None
+        self.calls.append(Call(tuple(x.clone() for x in inputs), output.clone(), full, eager))
+        return output
+
+    def take(self) -> list[Call]:
+        calls, self.calls = self.calls, []
+        return calls

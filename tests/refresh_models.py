@@ -84,7 +84,7 @@ class CogVideoXStyleBlock(nn.Module):
         self.norm_k = nn.LayerNorm(hidden // num_heads)
         self.to_out = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden)
-        self.ff = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(approximate="tanh"), nn.Linear(2 * hidden, hidden))
+        self.ff = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU("tanh"), nn.Linear(2 * hidden, hidden))
         self.ada = nn.Linear(hidden, 4 * hidden)
 
     def forward(

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hero_compile
-from conftest import assert_no_recompiles, fresh_dynamo, recompile_report
+from conftest import Recorder, assert_no_recompiles, fresh_dynamo, recompile_report
 from hero_compile import HeroBackend, HeroConfig
 from hero_compile.backend import DEFAULT_BACKEND
 from hero_compile.schedule import extrapolation_coefficients, is_full_step
@@ -52,36 +51,6 @@ def euler(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *
             t = torch.full((x.shape[0],), float(ts[i]) * 1000.0)
             x = x + (ts[i + 1] - ts[i]).item() * model(x, *extra, t)
     return x
-
-
-@dataclass
-class Call:
-    inputs: tuple[torch.Tensor, ...]
-    output: torch.Tensor
-    full: bool
-    eager: torch.Tensor | None = None
-
-
-@dataclass
-class Recorder:
-    """Wraps a compiled model: records each call's inputs, output, whether it ran in full, and the eager output."""
-
-    compiled: Callable[..., torch.Tensor]
-    backend: HeroBackend
-    eager: torch.nn.Module | None = None
-    calls: list[Call] = field(default_factory=list)
-
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        before = self.backend.stats().full_steps
-        output = self.compiled(*inputs)
-        full = self.backend.stats().full_steps > before
-        eager = self.eager(*inputs) if self.eager is not None else None
-        self.calls.append(Call(tuple(x.clone() for x in inputs), output.clone(), full, eager))
-        return output
-
-    def take(self) -> list[Call]:
-        calls, self.calls = self.calls, []
-        return calls
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -445,30 +414,34 @@ ENTRY_POINT_SCRIPT = textwrap.dedent(
 
     torch.manual_seed(0)
     model = Model().eval()
-    compiled = torch.compile(model, backend="hero", options={"lowering": "aot_eager"}, fullgraph=True)
     imported_before = "hero_compile" in sys.modules
+    compiled = torch.compile(model, backend="hero", options={"lowering": "aot_eager"}, fullgraph=True)
     x = torch.randn(1, 5, 4)
     outs = []
     with torch.no_grad():
         for i in range(10):
             t = torch.full((1,), 1000.0 - 100.0 * i)
             outs.append((compiled(x, t) - model(x, t)).abs().max().item())
+    imported_after = "hero_compile" in sys.modules
     import hero_compile
     graph = hero_compile.stats().graphs[0]
-    print(json.dumps({"imported_before": imported_before, "cheap": graph.cheap_steps,
+    print(json.dumps({"imported_before": imported_before, "imported_after": imported_after,
+                      "cheap": graph.cheap_steps,
                       "full": graph.full_steps, "blocks": len(graph.blocks), "first_error": outs[0]}))
     """
 )
 
 
-def test_entry_point_registers_hero_without_import() -> None:
+def test_entry_point_registers_hero_without_import(tmp_path: Any) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # run outside the checkout, so that the installed package (and its entry point) is what Python finds
     done = subprocess.run(
-        [sys.executable, "-c", ENTRY_POINT_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", ENTRY_POINT_SCRIPT], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["imported_before"] is False
+    assert result["imported_after"] is True, "the entry point loads hero_compile"
     assert result["blocks"] == 6
     assert result["full"] + result["cheap"] == 10 and result["cheap"] > 0
     assert result["first_error"] < 1e-5

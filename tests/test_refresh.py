@@ -27,8 +27,10 @@ def run_steps(model: nn.Module, config: HeroConfig, inputs: tuple[torch.Tensor, 
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     batch = inputs[0].shape[0]
     with torch.no_grad():
-        pairs = [(compiled(*inputs, torch.full((batch,), t)), model(*inputs, torch.full((batch,), t))) for t in timesteps]
-    return [p[0] for p in pairs], [p[1] for p in pairs], backend.stats().graphs[0]
+        steps = [torch.full((batch,), t) for t in timesteps]
+        outputs = [compiled(*inputs, t) for t in steps]
+        expected = [model(*inputs, t) for t in steps]
+    return outputs, expected, backend.stats().graphs[0]
 
 
 @pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
