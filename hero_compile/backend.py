@@ -119,14 +119,15 @@ def _build_runtime(
     if segment is not None or refresh:
         cheap_gm = gm if segment is None else extrapolate_deep_segment(gm, segment)
         if refresh:
-            cheap_gm = refresh_shallow_blocks(cheap_gm, refresh, refresh_count)
+            cheap_gm = refresh_shallow_blocks(cheap_gm, refresh, refresh_count, config.kv_source == "cache")
         compile_cheap = partial(lower, cheap_gm, lowering=config.lowering, inductor_options=inductor_options)
-    full_gm = add_cache_outputs(gm, segment, [plan.cached_output for plan in refresh])
+    refresh_cached = [name for plan in refresh for name in plan.cached_values(config.kv_source == "cache")]
+    full_gm = add_cache_outputs(gm, segment, refresh_cached)
     spec = VariantSpec(
         num_outputs=len(_outputs(gm)),
         num_streams=len(segment.streams) if segment else 0,
         history_length=config.extrapolation_order + 1,
-        num_refreshed=len(refresh),
+        num_refresh_caches=len(refresh_cached),
         token_grid=grid if refresh else None,
         timestep_index=timestep_index,
         activation_indices=tuple(_activation_inputs(gm)),

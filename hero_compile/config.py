@@ -8,9 +8,11 @@ from typing import Any, Literal
 
 Lowering = Literal["inductor", "aot_eager", "eager"]
 CacheTarget = Literal["residual", "output"]
+KeyValueSource = Literal["current", "cache"]
 
 _LOWERINGS = ("inductor", "aot_eager", "eager")
 _CACHE_TARGETS = ("residual", "output")
+_KV_SOURCES = ("current", "cache")
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,10 @@ class HeroConfig:
     Attributes:
         refresh_ratio: share of tokens a shallow block recomputes on a cheap step, in (0, 1]. Lower is
             faster; every token is still refreshed at least once every ``ceil(1 / refresh_ratio)`` cheap steps.
+        kv_source: where a refreshed block's attention takes keys and values on a cheap step: ``"current"``
+            projects every token's current input (exact attention over fresh context, costs the key/value
+            projections of all tokens) or ``"cache"`` projects only the refreshed tokens and reads the others
+            from a per-block key/value cache (cheaper, staler context, more memory).
         patch_size: side, in tokens, of the square spatial patches the refresh subset is balanced over (>= 1).
         warmup_steps: denoising steps computed in full at the start of a generation (>= 0). They fill the
             extrapolation history; fewer than ``extrapolation_order + 1`` lowers the order used early on.
@@ -40,6 +46,7 @@ class HeroConfig:
     """
 
     refresh_ratio: float = 0.25
+    kv_source: KeyValueSource = "current"
     patch_size: int = 2
     warmup_steps: int = 2
     interval: int = 3
@@ -53,6 +60,7 @@ class HeroConfig:
     def __post_init__(self) -> None:
         _check(isinstance(self.refresh_ratio, (int, float)) and 0.0 < self.refresh_ratio <= 1.0,
                "refresh_ratio", self.refresh_ratio, "a number in (0, 1]")
+        _check(self.kv_source in _KV_SOURCES, "kv_source", self.kv_source, f"one of {_KV_SOURCES}")
         _check(_is_int(self.patch_size) and self.patch_size >= 1, "patch_size", self.patch_size, "an int >= 1")
         _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0,
                "warmup_steps", self.warmup_steps, "an int >= 0")

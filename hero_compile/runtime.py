@@ -1,9 +1,9 @@
 """The callable Dynamo runs each step: it owns a generation's state and picks the variant on the host.
 
 Calling conventions of the variants (built in ``hero_compile.passes``):
-- ``full(*inputs) -> (*outputs, *deep_features, *block_outputs)``: one feature per deep stream and the output
-  of every refreshed shallow block;
-- ``cheap(*inputs, [coefficients, *history], [refresh_indices, *block_caches]) -> (*outputs, *block_caches)``:
+- ``full(*inputs) -> (*outputs, *deep_features, *refresh_caches)``: one feature per deep stream, and what the
+  refreshed shallow blocks cache (each block's output, and its keys and values with ``kv_source="cache"``);
+- ``cheap(*inputs, [coefficients, *history], [refresh_indices, *refresh_caches]) -> (*outputs, *refresh_caches)``:
   the first group when there is a deep segment (``history_length`` features per stream, most recent first),
   the second when shallow blocks are refreshed.
 """
@@ -38,7 +38,7 @@ class VariantSpec:
     num_outputs: int
     num_streams: int
     history_length: int
-    num_refreshed: int
+    num_refresh_caches: int
     token_grid: tuple[int, ...] | None
     """Grid of the refreshed tokens (frames, height, width or a 1-D length); ``None`` without refresh."""
     timestep_index: int
@@ -53,8 +53,8 @@ class CallSlotCache:
     signature: tuple[Any, ...]
     history: deque[tuple[float, list[torch.Tensor]]]
     """Deep-stream features of the last full steps with their timesteps, most recent first."""
-    block_outputs: list[torch.Tensor] = field(default_factory=list)
-    """Latest full-token output of each refreshed shallow block."""
+    refresh_caches: list[torch.Tensor] = field(default_factory=list)
+    """Latest full-token values the refreshed shallow blocks cache (outputs, and keys and values if cached)."""
 
 
 @dataclass
@@ -154,7 +154,7 @@ class HeroRuntime:
         if cache is not None:
             if streams:
                 cache.history.appendleft((timestep, [f.detach() for f in results[n : n + streams]]))
-            cache.block_outputs = [b.detach() for b in results[n + streams :]]
+            cache.refresh_caches = [b.detach() for b in results[n + streams :]]
         if self.state.selector is not None:
             self.state.selector.mark_all_fresh()
         return results[:n]
@@ -163,7 +163,7 @@ class HeroRuntime:
         # Under autograd the caches would hold graph history; HERO is for sampling, so grad mode runs full.
         if self.compile_cheap is None or torch.is_grad_enabled():
             return False
-        if (self.spec.num_streams and not cache.history) or (self.spec.num_refreshed and not cache.block_outputs):
+        if (self.spec.num_streams and not cache.history) or (self.spec.num_refresh_caches and not cache.refresh_caches):
             return False
         return not is_full_step(self.state.step, self.config, self.state.total_steps())
 
@@ -182,15 +182,15 @@ class HeroRuntime:
         cheap_inputs = [*inputs]
         if self.spec.num_streams:
             cheap_inputs += self._extrapolation_inputs(timestep, cache)
-        if self.spec.num_refreshed:
-            device = cache.block_outputs[0].device
-            cheap_inputs += [self.state.indices_for_step(device), *cache.block_outputs]
+        if self.spec.num_refresh_caches:
+            device = cache.refresh_caches[0].device
+            cheap_inputs += [self.state.indices_for_step(device), *cache.refresh_caches]
         cheap = self._cheap_for(cheap_inputs)
         if cheap is None:
             return None
         results = cheap(*cheap_inputs)
         n = self.spec.num_outputs
-        cache.block_outputs = list(results[n:])
+        cache.refresh_caches = list(results[n:])
         return results[:n]
 
     def _extrapolation_inputs(self, timestep: float, cache: CallSlotCache) -> list[torch.Tensor]:

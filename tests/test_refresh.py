@@ -33,13 +33,14 @@ def run_steps(model: nn.Module, config: HeroConfig, inputs: tuple[torch.Tensor, 
     return outputs, expected, backend.stats().graphs[0]
 
 
+@pytest.mark.parametrize("kv_source", ["current", "cache"])
 @pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
 @pytest.mark.parametrize("style", STYLES)
-def test_ratio_one_makes_cheap_blocks_equal_full_blocks(style: str, rotary: bool) -> None:
+def test_ratio_one_makes_cheap_blocks_equal_full_blocks(style: str, rotary: bool, kv_source: str) -> None:
     model = StyledTransformer(style, rotary)
     torch.manual_seed(1)
     inputs = (torch.randn(2, 24, 4), torch.randn(2, 5, 32))
-    config = HeroConfig(refresh_ratio=1.0, split=len(model.blocks), **REFRESH_ONLY)
+    config = HeroConfig(refresh_ratio=1.0, kv_source=kv_source, split=len(model.blocks), **REFRESH_ONLY)
     outputs, expected, stats = run_steps(model, config, inputs, [900.0, 800.0, 700.0])
     assert stats.cheap_steps == 2 and not stats.refresh_skipped
     assert set(stats.tokens_refreshed_per_cheap_step.values()) == {24}
@@ -47,12 +48,13 @@ def test_ratio_one_makes_cheap_blocks_equal_full_blocks(style: str, rotary: bool
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kv_source", ["current", "cache"])
 @pytest.mark.parametrize("style", STYLES)
-def test_partial_refresh_stays_close_to_full_compute(style: str) -> None:
+def test_partial_refresh_stays_close_to_full_compute(style: str, kv_source: str) -> None:
     model = StyledTransformer(style, rotary=True)
     torch.manual_seed(1)
     inputs = (torch.randn(2, 24, 4), torch.randn(2, 5, 32))
-    config = HeroConfig(refresh_ratio=0.5, split=len(model.blocks), **REFRESH_ONLY)
+    config = HeroConfig(refresh_ratio=0.5, kv_source=kv_source, split=len(model.blocks), **REFRESH_ONLY)
     outputs, expected, stats = run_steps(model, config, inputs, [900.0, 880.0, 860.0])
     assert stats.cheap_steps == 2 and set(stats.tokens_refreshed_per_cheap_step.values()) == {12}
     for got, want in zip(outputs[1:], expected[1:]):

@@ -13,14 +13,14 @@ from hero_compile.passes.graph_copy import append_outputs, copy_graph, new_graph
 
 
 def add_cache_outputs(
-    gm: fx.GraphModule, segment: DeepSegment | None, block_outputs: Sequence[str]
+    gm: fx.GraphModule, segment: DeepSegment | None, refresh_cached: Sequence[str]
 ) -> fx.GraphModule:
-    """Outputs after the original ones: each deep stream's feature, then each refreshed block's output."""
+    """Outputs after the original ones: each deep stream's feature, then the values refreshed blocks cache."""
     graph, nodes = copy_graph(gm.graph)
     with graph.inserting_before(graph.output_node()):
         features = [_feature(graph, nodes, stream) for stream in (segment.streams if segment else ())]
-    append_outputs(graph, [*features, *(nodes[name] for name in block_outputs)])
-    counters["hero"]["cache_outputs"] += len(features) + len(block_outputs)
+    append_outputs(graph, [*features, *(nodes[name] for name in refresh_cached)])
+    counters["hero"]["cache_outputs"] += len(features) + len(refresh_cached)
     return new_graph_module(gm, graph)
 
 

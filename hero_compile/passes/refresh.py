@@ -36,6 +36,11 @@ class BlockRefresh:
     recomputed_outputs: tuple[str, ...]
     """Outputs made of fixed tokens only (a dual-stream block's text stream): recomputed in full."""
 
+    def cached_values(self, cache_keys_values: bool) -> list[str]:
+        """What the block caches: its output, then each attention's keys and values if they are cached."""
+        keys_values = [name for _, key, value in self.axes.attention.values() for name in (key, value)]
+        return [self.cached_output, *(keys_values if cache_keys_values else [])]
+
 
 def plan_block_refresh(block: Block, axes: TokenAxisMap, stream_input: str) -> BlockRefresh:
     """Check that ``block`` returns its refreshed tokens in one output, along the axis it read them on."""
@@ -56,20 +61,24 @@ def plan_block_refresh(block: Block, axes: TokenAxisMap, stream_input: str) -> B
     return BlockRefresh(block, axes, name, tuple(n for n, _ in recomputed))
 
 
-def refresh_shallow_blocks(gm: fx.GraphModule, plans: Sequence[BlockRefresh], refresh_count: int) -> fx.GraphModule:
-    """The cheap variant's refresh: new inputs ``refresh_indices`` (``refresh_count`` token indices) and one
-    cached output per planned block; new outputs: the updated caches, in the same order."""
+def refresh_shallow_blocks(
+    gm: fx.GraphModule, plans: Sequence[BlockRefresh], refresh_count: int, cache_keys_values: bool
+) -> fx.GraphModule:
+    """The cheap variant's refresh. New inputs: ``refresh_indices`` (``refresh_count`` token indices), then each
+    planned block's caches (:meth:`BlockRefresh.cached_values`); new outputs: the updated caches, same order."""
     graph, nodes = copy_graph(gm.graph)
-    indices, *caches = append_placeholders(
-        graph, ["hero_refresh_indices", *(f"hero_block_cache_{i}" for i in range(len(plans)))]
-    )
+    counts = [len(plan.cached_values(cache_keys_values)) for plan in plans]
+    names = [f"hero_refresh_cache_{b}_{i}" for b, count in enumerate(counts) for i in range(count)]
+    indices, *flat_caches = append_placeholders(graph, ["hero_refresh_indices", *names])
+    starts = [sum(counts[:b]) for b in range(len(plans))]
+    caches = [flat_caches[start : start + count] for start, count in zip(starts, counts)]
     # Last block first: a block's rewrite redirects the users of its outputs, and the next block's plan names
     # its input as that original output.
     updated = [
-        _BlockRewrite(graph, nodes, plan, indices, refresh_count).apply(cache)
-        for plan, cache in reversed(list(zip(plans, caches)))
+        _BlockRewrite(graph, nodes, plan, indices, refresh_count).apply(block_caches, cache_keys_values)
+        for plan, block_caches in reversed(list(zip(plans, caches)))
     ]
-    append_outputs(graph, updated[::-1])
+    append_outputs(graph, [value for block in reversed(updated) for value in block])
     graph.eliminate_dead_code()
     counters["hero"]["blocks_refreshed"] += len(plans)
     return new_graph_module(gm, graph)
@@ -92,11 +101,13 @@ class _BlockRewrite:
         self.gathered: dict[str, fx.Node] = {}
         self.layout_indices: dict[tuple[Segment, ...], fx.Node] = {}
 
-    def apply(self, cache: fx.Node) -> fx.Node:
+    def apply(self, caches: list[fx.Node], cache_keys_values: bool) -> list[fx.Node]:
         graph, nodes, plan, axes = self.graph, self.nodes, self.plan, self.plan.axes
-        key_value_path = _ancestors_in_block(
+        output_cache, *key_value_caches = caches
+        key_value_path = set() if cache_keys_values else _ancestors_in_block(
             [arg for name in axes.attention for arg in nodes[name].args[1:3]], set(plan.block.nodes)
         )
+        updated_keys_values: list[fx.Node] = []
         with graph.inserting_before(nodes[plan.block.nodes[-1]].next):
             for name in plan.block.nodes:
                 if name not in axes.axes:
@@ -108,6 +119,10 @@ class _BlockRewrite:
                 elif name in axes.attention:
                     query, key, value = node.args[:3]
                     assert callable(node.target) and isinstance(query, fx.Node)
+                    if cache_keys_values:
+                        key = self._scatter(key_value_caches.pop(0), key)
+                        value = self._scatter(key_value_caches.pop(0), value)
+                        updated_keys_values += [key, value]
                     self.subset[name] = graph.call_function(
                         node.target, (self._on_subset(query), key, value), dict(node.kwargs)
                     )
@@ -116,15 +131,20 @@ class _BlockRewrite:
                     if name in axes.edits:
                         self._edit(self.subset[name], axes.edits[name])
             output = nodes[plan.cached_output]
-            cached_axis = axes.axis(plan.cached_output)
-            assert cached_axis is not None
-            updated = graph.call_function(
-                torch.index_copy, (cache, cached_axis.dim, self.indices, self.subset[plan.cached_output])
-            )
+            updated = self._scatter(output_cache, output)
         output.replace_all_uses_with(updated, delete_user_cb=lambda user: user is not updated)
         for name in plan.recomputed_outputs:
             nodes[name].replace_all_uses_with(self.subset[name])
-        return updated
+        return [updated, *updated_keys_values]
+
+    def _scatter(self, cache: fx.Node, value: object) -> fx.Node:
+        """``cache`` with the subset's positions overwritten by the subset computation of ``value``."""
+        assert isinstance(value, fx.Node)
+        axis = self.plan.axes.axis(value.name)
+        assert axis is not None
+        return self.graph.call_function(
+            torch.index_copy, (cache, axis.dim, self._index(axis), self.subset[value.name])
+        )
 
     def _on_subset(self, arg: fx.Node) -> fx.Node:
         if arg.name in self.subset:

@@ -111,8 +111,9 @@ class TokenAxisMap:
     """External inputs read along the token axis (the stream input, rotary tables), and their axis."""
     edits: dict[str, ArgumentEdit] = field(default_factory=dict)
     """Nodes whose arguments name token positions or counts, to be rewritten for the subset."""
-    attention: list[str] = field(default_factory=list)
-    """Fused attention nodes: queries follow the tokens, keys and values come from all tokens."""
+    attention: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    """Fused attention nodes and their query, key and value: queries follow the subset, keys and values cover
+    every token."""
 
     def axis(self, name: str) -> TokenAxis | None:
         value = self.axes.get(name)
@@ -469,7 +470,7 @@ def _attention(rule: _Rule) -> NodeAxis | None:
         axis = rule.tensor_axis_of(tensor)
         if axis is None or axis.dim != _tensor(tensor).dim() - 2:
             raise rule.reject(f"the {role} sequence axis is not the token axis of the block input")
-    rule.analysis.attention.append(node.name)
+    rule.analysis.attention[node.name] = (query.name, key.name, value.name)
     query_axis = rule.tensor_axis_of(query)
     assert query_axis is not None
     return query_axis
