@@ -88,7 +88,9 @@ class JointBlock(nn.Module):
         self.to_out = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.norm2_context = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.ff = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(approximate="tanh"), nn.Linear(2 * hidden, hidden))
+        self.ff = nn.Sequential(
+            nn.Linear(hidden, 2 * hidden), nn.GELU(approximate="tanh"), nn.Linear(2 * hidden, hidden)
+        )
 
     def forward(
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor

@@ -15,15 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import hero_compile
 from conftest import Recorder, assert_no_recompiles, fresh_dynamo, recompile_report
-from hero_compile import HeroBackend, HeroConfig
-from hero_compile.backend import DEFAULT_BACKEND
-from hero_compile.schedule import extrapolation_coefficients, is_full_step
-from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 from models import (
     DataDependentModel,
     DualStreamTransformer,
@@ -33,13 +27,35 @@ from models import (
     psnr,
 )
 
+import hero_compile
+from hero_compile import HeroBackend, HeroConfig
+from hero_compile.backend import DEFAULT_BACKEND
+from hero_compile.schedule import extrapolation_coefficients, is_full_step
+from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
+
 AOT = HeroConfig(lowering="aot_eager")
 DIT12 = DiTConfig(depth=12, hidden=32, heads=2, frames=1, height=8, width=8)
+
+# Library bug (kept as strict xfails until fixed): passes/refresh.py, refresh_shallow_blocks / _BlockRewrite.apply.
+# The refresh plans are made on the original graph (backend._plan_refresh(gm, ...)) but applied to the cheap graph
+# returned by extrapolate_deep_segment, whose eliminate_dead_code() already removed every shallow-block node that
+# only fed the deep segment: all shallow blocks with cache_target="output", and the unread text stream of the last
+# shallow block of a dual-stream model whose postlude reads the video stream only. nodes[name] then raises
+# KeyError while compiling, so such graphs fail to compile instead of falling back.
+DEAD_SHALLOW_NODES_BUG = "refresh.py: the refresh plan names shallow-block nodes removed by the cheap graph's DCE"
+xfail_dead_shallow_nodes = pytest.mark.xfail(
+    strict=True, raises=torch._dynamo.exc.BackendCompilerFailed, reason=DEAD_SHALLOW_NODES_BUG
+)
 
 
 def dit_noise(config: DiTConfig, batch: int = 1, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, config.channels, config.frames, config.height, config.width, generator=generator)
+
+
+def flow_matching_sample_nograd(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int) -> torch.Tensor:
+    with torch.no_grad():
+        return flow_matching_sample(model, noise, steps=steps)
 
 
 def euler(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *extra: torch.Tensor) -> torch.Tensor:
@@ -69,11 +85,6 @@ def test_disabled_equals_eager() -> None:
     (graph,) = backend.stats().graphs
     assert not graph.accelerated and "enabled" in (graph.fallback_reason or "")
     assert (graph.full_steps, graph.cheap_steps) == (0, 0)
-
-
-def flow_matching_sample_nograd(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int) -> torch.Tensor:
-    with torch.no_grad():
-        return flow_matching_sample(model, noise, steps=steps)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +222,9 @@ CFG_DIT = DiTConfig(depth=12, hidden=32, heads=2, frames=1, height=8, width=8)
 GUIDANCE = 3.0
 
 
-def cfg_two_calls(model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, steps: int) -> torch.Tensor:
+def cfg_two_calls(
+    model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, steps: int
+) -> torch.Tensor:
     x = noise
     ts = torch.linspace(1.0, 0.0, steps + 1)
     empty = torch.zeros_like(context)
@@ -224,7 +237,9 @@ def cfg_two_calls(model: Callable[..., torch.Tensor], noise: torch.Tensor, conte
     return x
 
 
-def cfg_batched(model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, steps: int) -> torch.Tensor:
+def cfg_batched(
+    model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, steps: int
+) -> torch.Tensor:
     x = noise
     ts = torch.linspace(1.0, 0.0, steps + 1)
     contexts = torch.cat([context, torch.zeros_like(context)])
@@ -241,7 +256,8 @@ def cfg_setup() -> SimpleNamespace:
     model = make_conditioned_dit(CFG_DIT)
     noise = dit_noise(CFG_DIT, seed=3)
     context = torch.randn(1, CFG_DIT.hidden, generator=torch.Generator().manual_seed(4))
-    return SimpleNamespace(model=model, noise=noise, context=context, reference=cfg_two_calls(model, noise, context, 20))
+    reference = cfg_two_calls(model, noise, context, 20)
+    return SimpleNamespace(model=model, noise=noise, context=context, reference=reference)
 
 
 def test_two_call_cfg_equals_separate_backends(cfg_setup: SimpleNamespace) -> None:
@@ -281,7 +297,8 @@ def test_batched_cfg_runs_cheap_steps(cfg_setup: SimpleNamespace) -> None:
     assert psnr(result, cfg_setup.reference) >= 30.0
     # same HERO decisions as two calls per step: the results agree up to rounding
     fresh_dynamo()
-    two_calls = cfg_two_calls(torch.compile(cfg_setup.model, backend=HeroBackend(AOT)), cfg_setup.noise, cfg_setup.context, 20)
+    compiled = torch.compile(cfg_setup.model, backend=HeroBackend(AOT))
+    two_calls = cfg_two_calls(compiled, cfg_setup.noise, cfg_setup.context, 20)
     torch.testing.assert_close(result, two_calls, atol=1e-4, rtol=0)
 
 
@@ -330,7 +347,11 @@ def test_alike_shapes_run_correctly(name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("joint_final", [False, True], ids=["video_out", "joint_out"])
+@pytest.mark.parametrize(
+    "joint_final",
+    [pytest.param(False, marks=xfail_dead_shallow_nodes), True],
+    ids=["video_out", "joint_out"],
+)
 def test_dual_stream_model(joint_final: bool) -> None:
     model = DualStreamTransformer(depth=6, joint_final=joint_final)
     noise = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(5))
@@ -350,6 +371,41 @@ def test_dual_stream_model(joint_final: bool) -> None:
     # the streams leaving the deep segment: the video stream, plus the text stream when the postlude reads it
     assert len(graph.deep_streams) == (2 if joint_final else 1)
     assert psnr(result, reference) >= 30.0
+
+
+@xfail_dead_shallow_nodes
+@pytest.mark.parametrize("joint_final", [False, True], ids=["video_out", "joint_out"])
+def test_dual_stream_cheap_step_repeats_last_full_output(joint_final: bool) -> None:
+    """Order 0, output target: every stream leaving the deep segment is the last full step's, and the postlude
+    does not read the timestep, so a cheap step's output is the last full step's output exactly."""
+    model = DualStreamTransformer(depth=4, joint_final=joint_final)
+    noise = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(5))
+    text = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(6))
+    backend = HeroBackend(AOT.replace(extrapolation_order=0, cache_target="output", split=1))
+    recorder = Recorder(torch.compile(model, backend=backend, fullgraph=True), backend)
+    euler(recorder, noise, 10, text)
+    calls = recorder.take()
+    assert any(not c.full for c in calls)
+    last_full = None
+    for call in calls:
+        if call.full:
+            last_full = call.output
+        else:
+            assert last_full is not None and torch.equal(call.output, last_full)
+
+
+def test_batch_size_change_recompiles_to_a_dynamic_graph_that_accelerates() -> None:
+    model = make_dit(DIT12)
+    backend = HeroBackend(AOT)
+    compiled = torch.compile(model, backend=backend)
+    flow_matching_sample_nograd(compiled, dit_noise(DIT12, batch=1), 12)
+    noise = dit_noise(DIT12, batch=3)
+    result = flow_matching_sample_nograd(compiled, noise, 12)
+    assert len(backend.stats().graphs) == 2
+    static, dynamic = backend.stats().graphs
+    assert static.cheap_steps > 0 and static.generations == 1
+    assert dynamic.accelerated and dynamic.cheap_steps > 0 and dynamic.generations == 1
+    assert psnr(result, flow_matching_sample_nograd(model, noise, 12)) >= 30.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -452,6 +508,8 @@ def test_entry_point_registers_hero_without_import(tmp_path: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 REWRITE_DEPTH = 4
+# compiling is the slow part of an example: report the first failing example as is
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 def reference_outputs(
@@ -482,13 +540,12 @@ def reference_outputs(
     return outputs
 
 
-@settings(max_examples=8)
-@given(
-    split=st.integers(0, REWRITE_DEPTH - 1),
-    cache_target=st.sampled_from(["residual", "output"]),
-    order=st.integers(0, 2),
-    warmup=st.integers(1, 3),
+@pytest.mark.parametrize(
+    "cache_target",
+    ["residual", pytest.param("output", marks=xfail_dead_shallow_nodes)],
 )
+@settings(max_examples=6, phases=NO_SHRINK)
+@given(split=st.integers(0, REWRITE_DEPTH - 1), order=st.integers(0, 2), warmup=st.integers(1, 3))
 def test_rewrite_matches_reference(split: int, cache_target: str, order: int, warmup: int) -> None:
     model = StackModel(depth=REWRITE_DEPTH, width=16)
     generator = torch.Generator().manual_seed(split * 100 + order)
@@ -534,6 +591,16 @@ def test_rewrite_matches_reference(split: int, cache_target: str, order: int, wa
                 last_full = call.output
             else:
                 assert last_full is not None and torch.equal(call.output, last_full)
+
+
+def test_split_past_the_stack_leaves_nothing_deep() -> None:
+    model = StackModel(depth=3)
+    backend = HeroBackend(AOT.replace(split=10, refresh_ratio=1.0))
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    noise = torch.randn(1, 5, 4)
+    torch.testing.assert_close(euler(compiled, noise, 8), euler(model, noise, 8), atol=1e-5, rtol=0)
+    (graph,) = backend.stats().graphs
+    assert graph.accelerated and graph.split == 3 and graph.deep_streams == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

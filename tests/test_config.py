@@ -8,12 +8,12 @@ import re
 
 import pytest
 import torch
+from models import StackModel
 from torch._inductor import list_mode_options
 
 import hero_compile
 from hero_compile import HeroBackend, HeroConfig
 from hero_compile.backend import resolve_options
-from models import StackModel
 
 BAD_VALUES: dict[str, list[object]] = {
     "refresh_ratio": [0, 0.0, -0.25, 1.0001, 2, math.nan, math.inf, "0.5", None, [0.5]],
@@ -26,6 +26,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "cache_target": ["Residual", "input", "", None, 0, "outputs"],
     "lowering": ["Inductor", "cudagraphs", "aot-eager", "", None, 1],
     "enabled": [1, 0, "yes", "True", None],
+    "kv_source": ["Cache", "kv", "", None, 1],
 }
 
 GOOD_VALUES: dict[str, list[object]] = {
@@ -39,6 +40,7 @@ GOOD_VALUES: dict[str, list[object]] = {
     "cache_target": ["residual", "output"],
     "lowering": ["inductor", "aot_eager", "eager"],
     "enabled": [True, False],
+    "kv_source": ["current", "cache"],
 }
 
 

@@ -7,14 +7,14 @@ import re
 import pytest
 import torch
 import torch.fx as fx
+from conftest import capture_graph
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import DualStreamTransformer, NoStackModel, StackModel
 
-from conftest import capture_graph
 from hero_compile.passes.discover_blocks import BlockStack, discover_blocks, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.testing.dit import DiTConfig, make_dit
-from models import DualStreamTransformer, NoStackModel, StackModel
 
 
 def module_paths(node: fx.Node) -> list[str]:
@@ -26,12 +26,18 @@ def in_module(node: fx.Node, path: str) -> bool:
 
 
 def streams_between_blocks(gm: fx.GraphModule, stack: BlockStack) -> list[set[str]]:
-    """For each pair of consecutive blocks, the distinct values that the later block reads through stream slots."""
+    """For each block, the distinct values it reads through its stream slots (one per token stream).
+
+    ``stream_slots`` has one entry per *read site* (a DiT block reads its hidden states in its first norm and
+    in the residual add: two slots, one stream), so streams are counted as distinct values read.
+    """
     nodes = nodes_by_name(gm.graph)
-    return [
-        {stack.input_at(later, slot, nodes).name for slot in stack.stream_slots}
-        for later in stack.blocks[1:]
-    ]
+    streams = []
+    for block in stack.blocks:
+        values = {stack.input_at(block, slot, nodes).name for slot in stack.stream_slots}
+        assert values == {n.name for n in stack.stream_inputs(block, nodes)}
+        streams.append(values)
+    return streams
 
 
 def check_stack_invariants(gm: fx.GraphModule, stack: BlockStack, depth: int, container: str) -> None:

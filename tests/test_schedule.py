@@ -37,7 +37,9 @@ def test_order_1_reproduces_linear_features(t0: float, t1: float, target: float,
 @given(
     points=st.lists(timesteps, min_size=3, max_size=3), target=timesteps, a=coefficient, b=coefficient, c=coefficient
 )
-def test_order_2_reproduces_quadratic_features(points: list[float], target: float, a: float, b: float, c: float) -> None:
+def test_order_2_reproduces_quadratic_features(
+    points: list[float], target: float, a: float, b: float, c: float
+) -> None:
     assume(distinct(points, gap=5.0))
     f = lambda t: a * (t / 1000) ** 2 + b * (t / 1000) + c  # noqa: E731
     weights = extrapolation_coefficients(target, points, order=2, length=3)
@@ -150,7 +152,7 @@ def test_auto_split_of_12_blocks() -> None:
 
 
 def test_generation_state_tracks_steps_slots_and_generations() -> None:
-    state = GenerationState()
+    state = GenerationState(selector=None)
     schedule = [1000.0, 750.0, 500.0, 250.0]
     placed = []
     for t in schedule:
