@@ -17,6 +17,7 @@ from hero_compile.passes.cache_outputs import add_cache_outputs
 from hero_compile.passes.discover_blocks import Block, BlockStack, discover_blocks, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.extrapolate import extrapolate_deep_segment, plan_deep_segment
+from hero_compile.passes.graph_copy import live_nodes, without_dead_code
 from hero_compile.passes.lower import CompiledFn, lower
 from hero_compile.passes.refresh import BlockRefresh, plan_block_refresh, refresh_shallow_blocks
 from hero_compile.passes.token_axis import analyze_token_axis
@@ -108,19 +109,23 @@ def _build_runtime(
     stats.timestep_input = _placeholders(gm)[timestep_index].name
 
     segment = None
+    cheap_gm = gm
     if split < len(stack.blocks):
         segment = plan_deep_segment(gm, stack, split, config.cache_target, config.extrapolation_order + 1)
         stats.deep_streams = [s.output for s in segment.streams]
-    refresh, grid = _plan_refresh(gm, stack, stack.blocks[:split], stats)
+        cheap_gm = extrapolate_deep_segment(gm, segment)
+    shallow = _needed_on_cheap_steps(cheap_gm, stack.blocks[:split], stats)
+    refresh, grid = _plan_refresh(gm, stack, shallow, stats)
     refresh_count = TokenSelector(grid, config.patch_size, config.refresh_ratio).size if grid else 0
     stats.tokens_refreshed_per_cheap_step = {plan.block.path: refresh_count for plan in refresh}
 
     compile_cheap = None
     if segment is not None or refresh:
-        cheap_gm = gm if segment is None else extrapolate_deep_segment(gm, segment)
         if refresh:
             cheap_gm = refresh_shallow_blocks(cheap_gm, refresh, refresh_count, config.kv_source == "cache")
-        compile_cheap = partial(lower, cheap_gm, lowering=config.lowering, inductor_options=inductor_options)
+        compile_cheap = partial(
+            lower, without_dead_code(cheap_gm), lowering=config.lowering, inductor_options=inductor_options
+        )
     refresh_cached = [name for plan in refresh for name in plan.cached_values(config.kv_source == "cache")]
     full_gm = add_cache_outputs(gm, segment, refresh_cached)
     spec = VariantSpec(
@@ -134,6 +139,19 @@ def _build_runtime(
     )
     full = lower(full_gm, example_inputs, config.lowering, inductor_options)
     return HeroRuntime(config, spec, full, compile_cheap, stats)
+
+
+def _needed_on_cheap_steps(cheap_gm: fx.GraphModule, shallow: Sequence[Block], stats: GraphStats) -> list[Block]:
+    """Shallow blocks whose outputs the cheap variant still reads (with output caching, none: the deep
+    segment's prediction no longer depends on them, and they are skipped on cheap steps)."""
+    live = live_nodes(cheap_gm.graph)
+    needed = []
+    for block in shallow:
+        if any(name in live for name in block.outputs):
+            needed.append(block)
+        else:
+            stats.refresh_skipped[block.path] = "not run on cheap steps: only the extrapolated deep blocks read it"
+    return needed
 
 
 def _plan_refresh(

@@ -58,7 +58,8 @@ class HeroConfig:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.refresh_ratio, (int, float)) and 0.0 < self.refresh_ratio <= 1.0,
+        _check(isinstance(self.refresh_ratio, (int, float)) and not isinstance(self.refresh_ratio, bool)
+               and 0.0 < self.refresh_ratio <= 1.0,
                "refresh_ratio", self.refresh_ratio, "a number in (0, 1]")
         _check(self.kv_source in _KV_SOURCES, "kv_source", self.kv_source, f"one of {_KV_SOURCES}")
         _check(_is_int(self.patch_size) and self.patch_size >= 1, "patch_size", self.patch_size, "an int >= 1")

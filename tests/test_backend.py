@@ -36,18 +36,6 @@ from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
 AOT = HeroConfig(lowering="aot_eager")
 DIT12 = DiTConfig(depth=12, hidden=32, heads=2, frames=1, height=8, width=8)
 
-# Library bug (kept as strict xfails until fixed): passes/refresh.py, refresh_shallow_blocks / _BlockRewrite.apply.
-# The refresh plans are made on the original graph (backend._plan_refresh(gm, ...)) but applied to the cheap graph
-# returned by extrapolate_deep_segment, whose eliminate_dead_code() already removed every shallow-block node that
-# only fed the deep segment: all shallow blocks with cache_target="output", and the unread text stream of the last
-# shallow block of a dual-stream model whose postlude reads the video stream only. nodes[name] then raises
-# KeyError while compiling, so such graphs fail to compile instead of falling back.
-DEAD_SHALLOW_NODES_BUG = "refresh.py: the refresh plan names shallow-block nodes removed by the cheap graph's DCE"
-xfail_dead_shallow_nodes = pytest.mark.xfail(
-    strict=True, raises=torch._dynamo.exc.BackendCompilerFailed, reason=DEAD_SHALLOW_NODES_BUG
-)
-
-
 def dit_noise(config: DiTConfig, batch: int = 1, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, config.channels, config.frames, config.height, config.width, generator=generator)
@@ -349,7 +337,7 @@ def test_alike_shapes_run_correctly(name: str) -> None:
 
 @pytest.mark.parametrize(
     "joint_final",
-    [pytest.param(False, marks=xfail_dead_shallow_nodes), True],
+    [False, True],
     ids=["video_out", "joint_out"],
 )
 def test_dual_stream_model(joint_final: bool) -> None:
@@ -373,7 +361,6 @@ def test_dual_stream_model(joint_final: bool) -> None:
     assert psnr(result, reference) >= 30.0
 
 
-@xfail_dead_shallow_nodes
 @pytest.mark.parametrize("joint_final", [False, True], ids=["video_out", "joint_out"])
 def test_dual_stream_cheap_step_repeats_last_full_output(joint_final: bool) -> None:
     """Order 0, output target: every stream leaving the deep segment is the last full step's, and the postlude
@@ -542,7 +529,7 @@ def reference_outputs(
 
 @pytest.mark.parametrize(
     "cache_target",
-    ["residual", pytest.param("output", marks=xfail_dead_shallow_nodes)],
+    ["residual", "output"],
 )
 @settings(max_examples=6, phases=NO_SHRINK)
 @given(split=st.integers(0, REWRITE_DEPTH - 1), order=st.integers(0, 2), warmup=st.integers(1, 3))

@@ -59,11 +59,6 @@ def test_bad_value_raises_value_error_naming_the_field(field: str, value: object
         HeroConfig().replace(**{field: value})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py HeroConfig.__post_init__: refresh_ratio is checked with isinstance(x, (int, float)), "
-    "and bool is an int, so refresh_ratio=True (== 1) is accepted",
-)
 def test_bool_refresh_ratio_is_rejected() -> None:
     with pytest.raises(ValueError, match="refresh_ratio"):
         HeroConfig(refresh_ratio=True)

@@ -37,7 +37,8 @@ def refreshed_block_cost(
     backend = hero_compile.backend(config)
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     timesteps = iter(torch.linspace(1000.0, 0.0, 2 * repeats + 8))
-    full_times, cheap_times = [], []
+    full_times: list[float] = []
+    cheap_times: list[float] = []
     with torch.no_grad():
         for step in range(repeats + 2):
             backend.reset()  # first call of a generation: full; second: cheap

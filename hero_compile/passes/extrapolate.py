@@ -100,7 +100,8 @@ def _residual_base(stack: BlockStack, first_deep: Block, position: int, nodes: d
 
 
 def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.GraphModule:
-    """The ``cheap`` variant: the deep segment is removed and its streams predicted from the history.
+    """The ``cheap`` variant: the deep segment's streams are predicted from the history; the segment is left
+    dead (so later passes still find every node) for :func:`~hero_compile.passes.graph_copy.without_dead_code`.
 
     New inputs, after the original ones: ``coefficients`` (shape ``(history_length,)``) and, stream by stream,
     ``history_length`` cached features, most recent first.
@@ -118,7 +119,6 @@ def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.Gra
             if stream.base is not None:
                 prediction = graph.call_function(operator.add, (nodes[stream.base], prediction))
             nodes[stream.output].replace_all_uses_with(prediction, delete_user_cb=lambda user: user.name not in inside)
-    graph.eliminate_dead_code()
     counters["hero"]["deep_blocks_extrapolated"] += len(segment.blocks)
     return new_graph_module(gm, graph)
 

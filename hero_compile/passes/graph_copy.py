@@ -40,3 +40,19 @@ def append_outputs(graph: fx.Graph, values: list[fx.Node]) -> None:
     existing = output.args[0]
     assert isinstance(existing, (tuple, list)), "Dynamo graphs return a tuple"
     output.args = ((*existing, *values),)
+
+
+def live_nodes(graph: fx.Graph) -> set[str]:
+    """Names of the nodes the outputs depend on, or that have side effects."""
+    live: set[str] = set()
+    for node in reversed(graph.nodes):
+        if node.op == "output" or node.is_impure() or any(user.name in live for user in node.users):
+            live.add(node.name)
+    return live
+
+
+def without_dead_code(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` without the nodes no output depends on (what the rewrites left behind)."""
+    graph, _ = copy_graph(gm.graph)
+    graph.eliminate_dead_code()
+    return new_graph_module(gm, graph)

@@ -79,7 +79,6 @@ def refresh_shallow_blocks(
         for plan, block_caches in reversed(list(zip(plans, caches)))
     ]
     append_outputs(graph, [value for block in reversed(updated) for value in block])
-    graph.eliminate_dead_code()
     counters["hero"]["blocks_refreshed"] += len(plans)
     return new_graph_module(gm, graph)
 
