@@ -1,6 +1,7 @@
-"""Benchmark: hero defaults vs plain Inductor on the 12-block DiT (1024 tokens, 20 steps, 2 threads).
+"""Benchmark: hero vs plain Inductor on the 12-block DiT (hidden 256, 1024 tokens, 20 steps, 2 threads).
 
-Run: ``python benchmarks/speed_dit.py [--json PATH] [--interval N] [--split K] ...``
+Run: ``python benchmarks/speed_dit.py`` (hero defaults, and extrapolation alone), or ``--sweep`` for the
+settings compared in docs/results.md; ``--json PATH`` writes the rows.
 """
 
 from __future__ import annotations
@@ -8,35 +9,46 @@ from __future__ import annotations
 import argparse
 import json
 
-from hero_compile.bench.speed import speed_dit
+from hero_compile.bench.speed import compare_on_dit
 from hero_compile.config import HeroConfig
+
+DEFAULTS = {"defaults": HeroConfig(), "extrapolation only": HeroConfig(token_refresh=False)}
+
+SWEEP = {
+    **DEFAULTS,
+    "extrapolation only, interval 2": HeroConfig(token_refresh=False, interval=2),
+    "extrapolation only, interval 4": HeroConfig(token_refresh=False, interval=4),
+    "interval 4": HeroConfig(interval=4),
+    "interval 5": HeroConfig(interval=5),
+    "refresh 0.5": HeroConfig(refresh_ratio=0.5),
+    "refresh 0.125": HeroConfig(refresh_ratio=0.125, patch_size=4),
+    "kv cache": HeroConfig(kv_source="cache"),
+    "split 2": HeroConfig(split=2),
+    "split 6": HeroConfig(split=6),
+    "output cached": HeroConfig(cache_target="output"),
+    "order 2": HeroConfig(extrapolation_order=2, warmup_steps=3),
+}
+
+COLUMNS = ("speedup", "flop_speedup", "efficiency", "psnr_vs_full")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sweep", action="store_true", help="compare the settings of docs/results.md")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="write the figures to this file")
-    for field in ("warmup_steps", "interval", "final_full_steps", "extrapolation_order"):
-        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=int)
-    parser.add_argument("--split", help="'auto' or the index of the first deep block")
-    parser.add_argument("--cache-target", dest="cache_target", choices=("residual", "output"))
+    parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args()
-    changes = {
-        k: v
-        for k, v in vars(args).items()
-        if k in HeroConfig.field_names() and v is not None
-    }
-    if "split" in changes and changes["split"] != "auto":
-        changes["split"] = int(changes["split"])
-    result = speed_dit(hero_config=HeroConfig().replace(**changes), steps=args.steps, repeats=args.repeats,
-                       threads=args.threads)
-    for key in ("seconds_inductor", "seconds_hero", "speedup", "flop_speedup", "efficiency", "psnr_vs_full", "split"):
-        print(f"{key:>18}: {result[key]:.4g}" if isinstance(result[key], float) else f"{key:>18}: {result[key]}")
+    rows = compare_on_dit(SWEEP if args.sweep else DEFAULTS, steps=args.steps, repeats=args.repeats,
+                          threads=args.threads)
+    print(f"| setting | {' | '.join(COLUMNS)} |")
+    print(f"|---|{'---|' * len(COLUMNS)}")
+    for row in rows:
+        print(f"| {row['setting']} | " + " | ".join(f"{row[c]:.3g}" for c in COLUMNS) + " |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":

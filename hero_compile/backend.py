@@ -17,7 +17,7 @@ from hero_compile.passes.cache_outputs import add_cache_outputs
 from hero_compile.passes.discover_blocks import Block, BlockStack, discover_blocks, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.extrapolate import extrapolate_deep_segment, plan_deep_segment
-from hero_compile.passes.graph_copy import live_nodes, without_dead_code
+from hero_compile.passes.graph_surgery import live_nodes, without_dead_code
 from hero_compile.passes.lower import CompiledFn, lower
 from hero_compile.passes.refresh import BlockRefresh, plan_block_refresh, refresh_shallow_blocks
 from hero_compile.passes.token_axis import analyze_token_axis
@@ -114,7 +114,7 @@ def _build_runtime(
         segment = plan_deep_segment(gm, stack, split, config.cache_target, config.extrapolation_order + 1)
         stats.deep_streams = [s.output for s in segment.streams]
         cheap_gm = extrapolate_deep_segment(gm, segment)
-    shallow = _needed_on_cheap_steps(cheap_gm, stack.blocks[:split], stats)
+    shallow = _needed_on_cheap_steps(cheap_gm, stack.blocks[:split], stats) if config.token_refresh else []
     refresh, grid = _plan_refresh(gm, stack, shallow, stats)
     refresh_count = TokenSelector(grid, config.patch_size, config.refresh_ratio).size if grid else 0
     stats.tokens_refreshed_per_cheap_step = {plan.block.path: refresh_count for plan in refresh}

@@ -20,6 +20,8 @@ class HeroConfig:
     """How HERO accelerates a denoiser. Every field is validated; a wrong value raises ``ValueError``.
 
     Attributes:
+        token_refresh: ``True`` recomputes a rotating subset of each shallow block's tokens on cheap steps;
+            ``False`` runs shallow blocks in full (extrapolation of the deep blocks only).
         refresh_ratio: share of tokens a shallow block recomputes on a cheap step, in (0, 1]. Lower is
             faster; every token is still refreshed at least once every ``ceil(1 / refresh_ratio)`` cheap steps.
         kv_source: where a refreshed block's attention takes keys and values on a cheap step: ``"current"``
@@ -45,6 +47,7 @@ class HeroConfig:
         enabled: ``False`` compiles the graph exactly as plain ``backend="inductor"`` would.
     """
 
+    token_refresh: bool = True
     refresh_ratio: float = 0.25
     kv_source: KeyValueSource = "current"
     patch_size: int = 2
@@ -61,6 +64,7 @@ class HeroConfig:
         _check(isinstance(self.refresh_ratio, (int, float)) and not isinstance(self.refresh_ratio, bool)
                and 0.0 < self.refresh_ratio <= 1.0,
                "refresh_ratio", self.refresh_ratio, "a number in (0, 1]")
+        _check(isinstance(self.token_refresh, bool), "token_refresh", self.token_refresh, "a bool")
         _check(self.kv_source in _KV_SOURCES, "kv_source", self.kv_source, f"one of {_KV_SOURCES}")
         _check(_is_int(self.patch_size) and self.patch_size >= 1, "patch_size", self.patch_size, "an int >= 1")
         _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0,

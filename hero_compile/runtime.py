@@ -153,8 +153,8 @@ class HeroRuntime:
         n, streams = self.spec.num_outputs, self.spec.num_streams
         if cache is not None:
             if streams:
-                cache.history.appendleft((timestep, [f.detach() for f in results[n : n + streams]]))
-            cache.refresh_caches = [b.detach() for b in results[n + streams :]]
+                cache.history.appendleft((timestep, [_cacheable(f) for f in results[n : n + streams]]))
+            cache.refresh_caches = [_cacheable(b) for b in results[n + streams :]]
         if self.state.selector is not None:
             self.state.selector.mark_all_fresh()
         return results[:n]
@@ -190,7 +190,7 @@ class HeroRuntime:
             return None
         results = cheap(*cheap_inputs)
         n = self.spec.num_outputs
-        cache.refresh_caches = list(results[n:])
+        cache.refresh_caches = [_cacheable(c) for c in results[n:]]
         return results[:n]
 
     def _extrapolation_inputs(self, timestep: float, cache: CallSlotCache) -> list[torch.Tensor]:
@@ -219,6 +219,12 @@ class HeroRuntime:
                 self.compile_cheap = None
                 return None
         return self.cheap_by_sizes[sizes]
+
+
+def _cacheable(value: torch.Tensor) -> torch.Tensor:
+    # One layout for every cache tensor: Inductor asserts the strides its inputs were compiled with, and a
+    # full step may return a view (transposed keys) where a cheap step returns a fresh tensor.
+    return value.detach().contiguous()
 
 
 def _describe(value: Any) -> Any:

@@ -27,6 +27,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "lowering": ["Inductor", "cudagraphs", "aot-eager", "", None, 1],
     "enabled": [1, 0, "yes", "True", None],
     "kv_source": ["Cache", "kv", "", None, 1],
+    "token_refresh": [1, 0, "yes", None],
 }
 
 GOOD_VALUES: dict[str, list[object]] = {
@@ -41,6 +42,7 @@ GOOD_VALUES: dict[str, list[object]] = {
     "lowering": ["inductor", "aot_eager", "eager"],
     "enabled": [True, False],
     "kv_source": ["current", "cache"],
+    "token_refresh": [True, False],
 }
 
 

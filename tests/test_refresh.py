@@ -205,3 +205,36 @@ def test_whole_generation_with_refresh_and_extrapolation_is_one_graph() -> None:
     assert graph.tokens_refreshed_per_cheap_step == {"L['self'].blocks.0": 8, "L['self'].blocks.1": 8}
     mse = torch.mean((first - reference) ** 2)
     assert 10 * torch.log10((reference.max() - reference.min()) ** 2 / mse) > 30
+
+
+def cheap_graph(backend: hero_compile.HeroBackend) -> torch.fx.GraphModule:
+    """The cheap variant as handed to the lowering (runtime internals, for inspection only)."""
+    runtime = backend._runtimes[0]
+    assert runtime.compile_cheap is not None
+    graph_module = runtime.compile_cheap.args[0]  # type: ignore[attr-defined]
+    assert isinstance(graph_module, torch.fx.GraphModule)
+    return graph_module
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_attention_stays_one_fused_call_per_block(style: str) -> None:
+    model = StyledTransformer(style, rotary=True)
+    torch._dynamo.reset()
+    backend = hero_compile.backend(HeroConfig(split=1, **REFRESH_ONLY))
+    with torch.no_grad():
+        torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 24, 4), torch.randn(1, 5, 32),
+                                                             torch.full((1,), 900.0))
+    graph = cheap_graph(backend).graph
+    targets = [node.target for node in graph.nodes]
+    # Block 0 is refreshed (one fused call on the subset); blocks 1-2 are extrapolated (none).
+    assert targets.count(F.scaled_dot_product_attention) == 1
+    assert torch.softmax not in targets and F.softmax not in targets and "softmax" not in targets
+
+
+def test_token_refresh_off_runs_shallow_blocks_in_full() -> None:
+    model = make_dit(DiTConfig(depth=3, hidden=32, heads=2, frames=1, height=8, width=8))
+    noise = torch.randn(1, 4, 1, 8, 8)
+    config = HeroConfig(token_refresh=False, split=1, **REFRESH_ONLY)
+    outputs, expected, stats = run_steps(model, config, (noise,), [900.0, 800.0])
+    assert stats.cheap_steps == 1 and stats.tokens_refreshed_per_cheap_step == {}
+    torch.testing.assert_close(outputs[0], expected[0], atol=1e-5, rtol=1e-5)

@@ -9,7 +9,7 @@ import torch.fx as fx
 from torch._dynamo.utils import counters
 
 from hero_compile.passes.extrapolate import DeepSegment, DeepStream
-from hero_compile.passes.graph_copy import append_outputs, copy_graph, new_graph_module
+from hero_compile.passes.graph_surgery import append_outputs, copy_graph, new_graph_module
 
 
 def add_cache_outputs(

@@ -17,9 +17,15 @@ import torch.fx as fx
 from torch._dynamo.utils import counters
 
 from hero_compile.config import CacheTarget
-from hero_compile.passes.discover_blocks import Block, BlockStack, flat_args, nodes_by_name
+from hero_compile.passes.discover_blocks import Block, BlockStack, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
-from hero_compile.passes.graph_copy import append_placeholders, copy_graph, new_graph_module
+from hero_compile.passes.graph_surgery import (
+    append_placeholders,
+    copy_graph,
+    new_graph_module,
+    view_chain,
+    written_value,
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ def plan_deep_segment(
     inside = {name for block in blocks for name in block.nodes}
     for name in inside:
         node = nodes[name]
-        if node.is_impure() or _mutates_outside(node, inside):
+        if _has_outside_effect(node, inside):
             raise RewriteUnsupported(f"deep-block node {name!r} ({node.target}) has side effects; it cannot be skipped")
 
     streams = []
@@ -72,10 +78,13 @@ def plan_deep_segment(
     return DeepSegment(split, blocks, tuple(streams), history_length)
 
 
-def _mutates_outside(node: fx.Node, inside: set[str]) -> bool:
-    """An in-place method (``x.add_(...)``) on a value the segment did not create."""
-    in_place = isinstance(node.target, str) and node.target.endswith("_") and not node.target.endswith("__")
-    return node.op == "call_method" and in_place and flat_args(node)[0].name not in inside
+def _has_outside_effect(node: fx.Node, inside: set[str]) -> bool:
+    """Whether skipping ``node`` changes anything outside the segment. Writes into values the segment created
+    (rotary embeddings applied in place to its own queries) are invisible outside it."""
+    target = written_value(node)
+    if target is not None:
+        return any(alias.name not in inside for alias in view_chain(target))
+    return node.is_impure()
 
 
 def _residual_base(stack: BlockStack, first_deep: Block, position: int, nodes: dict[str, fx.Node]) -> str | None:
@@ -101,7 +110,7 @@ def _residual_base(stack: BlockStack, first_deep: Block, position: int, nodes: d
 
 def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.GraphModule:
     """The ``cheap`` variant: the deep segment's streams are predicted from the history; the segment is left
-    dead (so later passes still find every node) for :func:`~hero_compile.passes.graph_copy.without_dead_code`.
+    dead (so later passes still find every node) for :func:`~hero_compile.passes.graph_surgery.without_dead_code`.
 
     New inputs, after the original ones: ``coefficients`` (shape ``(history_length,)``) and, stream by stream,
     ``history_length`` cached features, most recent first.

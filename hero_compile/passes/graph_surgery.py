@@ -1,0 +1,110 @@
+"""Graph surgery shared by the passes: copying a graph, adding inputs and outputs, liveness."""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+
+import torch
+import torch.fx as fx
+
+from hero_compile.passes.discover_blocks import flat_args, nodes_by_name
+
+
+def copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[str, fx.Node]]:
+    """A copy of ``graph`` that keeps the node names (passes refer to nodes by name) and its nodes by name."""
+    copy = fx.Graph()
+    result = copy.graph_copy(graph, {})
+    copy.output(result)
+    return copy, nodes_by_name(copy)
+
+
+def new_graph_module(original: fx.GraphModule, graph: fx.Graph) -> fx.GraphModule:
+    """``graph`` as a module sharing ``original``'s attributes and metadata."""
+    graph.lint()
+    module = fx.GraphModule(original, graph)
+    module.meta.update(original.meta)
+    return module
+
+
+def append_placeholders(graph: fx.Graph, names: list[str]) -> list[fx.Node]:
+    """New inputs after the existing ones, in order."""
+    anchor = list(graph.find_nodes(op="placeholder"))[-1]
+    added = []
+    for name in names:
+        with graph.inserting_after(anchor):
+            anchor = graph.placeholder(name)
+        added.append(anchor)
+    return added
+
+
+def append_outputs(graph: fx.Graph, values: list[fx.Node]) -> None:
+    """Return ``values`` after the graph's existing outputs."""
+    output = graph.output_node()
+    existing = output.args[0]
+    assert isinstance(existing, (tuple, list)), "Dynamo graphs return a tuple"
+    output.args = ((*existing, *values),)
+
+
+def live_nodes(graph: fx.Graph) -> set[str]:
+    """Names of the nodes the outputs depend on, side effects included.
+
+    In-place writes into values the graph computes (``q[:, :, n:] = rotary(...)``) are live only while the
+    written value, or a tensor it is a view of, is live: fx's own dead-code elimination keeps every such write,
+    and with it the whole computation of a block the rewrite no longer needs.
+    """
+    writes: dict[str, list[fx.Node]] = defaultdict(list)
+    roots: list[fx.Node] = [graph.output_node()]
+    for node in graph.nodes:
+        target = written_value(node)
+        if target is not None:
+            for alias in view_chain(target):
+                writes[alias.name].append(node)
+        elif node.op not in ("placeholder", "output") and node.is_impure():
+            roots.append(node)
+    live: set[str] = set()
+    while roots:
+        node = roots.pop()
+        if node.name in live:
+            continue
+        live.add(node.name)
+        roots.extend(flat_args(node))
+        roots.extend(writes.get(node.name, ()))
+    return live
+
+
+def without_dead_code(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` without the nodes no output depends on (what the rewrites left behind)."""
+    graph, _ = copy_graph(gm.graph)
+    live = live_nodes(graph)
+    for node in reversed(graph.nodes):
+        if node.op not in ("placeholder", "output") and node.name not in live:
+            graph.erase_node(node)
+    return new_graph_module(gm, graph)
+
+
+_VIEWS = {
+    "view", "reshape", "transpose", "permute", "unflatten", "flatten", "squeeze", "unsqueeze", "expand",
+    "narrow", "chunk", "split", "unbind", "t", operator.getitem, torch.reshape, torch.transpose, torch.permute,
+    torch.flatten, torch.squeeze, torch.unsqueeze, torch.narrow, torch.chunk, torch.split, torch.unbind,
+}
+
+
+def written_value(node: fx.Node) -> fx.Node | None:
+    """The graph value an in-place write modifies (``setitem``, ``x.add_(...)``), if ``node`` is one."""
+    in_place_method = (
+        node.op == "call_method" and isinstance(node.target, str)
+        and node.target.endswith("_") and not node.target.endswith("__")
+    )
+    if not (in_place_method or node.target is operator.setitem):
+        return None
+    target = node.args[0]
+    return target if isinstance(target, fx.Node) and target.op != "placeholder" else None
+
+
+def view_chain(node: fx.Node) -> list[fx.Node]:
+    """``node`` and the values it may be a view of (a write into it changes them too)."""
+    chain = [node]
+    while chain[-1].target in _VIEWS and isinstance(chain[-1].args[0], fx.Node):
+        chain.append(chain[-1].args[0])
+    return chain
