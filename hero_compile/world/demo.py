@@ -1,0 +1,148 @@
+"""``hero-compile demo``: roll out held-out mazes with plain Inductor and with HERO, and compare both with the
+ground truth, with each other and with the copy-last-frame baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from tqdm import tqdm
+
+import hero_compile
+from hero_compile.config import HeroConfig
+from hero_compile.world.checkpoint import WEIGHTS_DIR, load_world_model
+from hero_compile.world.data import HELD_OUT_SEEDS
+from hero_compile.world.rollout import rollout_scenarios, scenario
+
+
+def rgb(frames: torch.Tensor) -> torch.Tensor:
+    """``(batch, 4, T, H, W)`` model-space frames -> ``(batch * T, 3, H, W)`` colours in [0, 1]."""
+    colours = ((frames[:, :3] + 1) / 2).clamp(0, 1)
+    return colours.transpose(1, 2).reshape(-1, 3, *frames.shape[-2:])
+
+
+def disparity(frames: torch.Tensor) -> torch.Tensor:
+    return ((frames[:, 3] + 1) / 2).clamp(0, 1)
+
+
+def psnr(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(peak_signal_noise_ratio(rgb(estimate), rgb(reference), data_range=1.0))
+
+
+def ssim(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    value = structural_similarity_index_measure(rgb(estimate), rgb(reference), data_range=1.0)
+    assert isinstance(value, torch.Tensor)
+    return float(value)
+
+
+def demo(
+    seeds: int = 4,
+    chunks: int = 4,
+    steps: int = 30,
+    guidance: float = 3.0,
+    repeats: int = 3,
+    hero_config: HeroConfig | None = None,
+    weights: Path = WEIGHTS_DIR,
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Speed and quality of HERO on the world model; rollouts of each method alternated after warm-up."""
+    torch.set_num_threads(threads)
+    model = load_world_model(weights)
+    config = model.config
+    scenarios = [scenario(seed, chunks, config) for seed in HELD_OUT_SEEDS[:seeds]]
+    truth = torch.stack([s.frames[:, config.context_frames :] for s in scenarios])
+    last_context = torch.stack([s.frames[:, config.context_frames - 1 : config.context_frames] for s in scenarios])
+    copy_last = last_context.expand_as(truth)
+    hero_backend = hero_compile.backend(hero_config or HeroConfig())
+    compiled = {
+        "full": torch.compile(model, backend="inductor", fullgraph=True),
+        "hero": torch.compile(model, backend=hero_backend, fullgraph=True),
+    }
+    outputs: dict[str, torch.Tensor] = {}
+    times: dict[str, list[float]] = {name: [] for name in compiled}
+
+    def run(name: str) -> Callable[[], None]:
+        def generate() -> None:
+            start = time.perf_counter()
+            outputs[name] = rollout_scenarios(compiled[name], scenarios, config, steps, guidance)
+            times[name].append(time.perf_counter() - start)
+        return generate
+
+    with torch.no_grad(), tqdm(total=len(compiled) * (1 + repeats), desc="demo rollouts", unit="rollout") as bar:
+        for _ in range(1 + repeats):
+            for name in compiled:
+                run(name)()
+                bar.update()
+    seconds = {name: statistics.median(values[1:]) for name, values in times.items()}
+    full, hero = outputs["full"], outputs["hero"]
+    graph = hero_backend.stats().graphs[0]
+    return {
+        "seeds": list(HELD_OUT_SEEDS[:seeds]),
+        "chunks": chunks,
+        "steps": steps,
+        "guidance": guidance,
+        "hero_config": dataclasses.asdict(hero_config or HeroConfig()),
+        "seconds_full": seconds["full"],
+        "seconds_hero": seconds["hero"],
+        "speedup": seconds["full"] / seconds["hero"],
+        "psnr_gt_full": psnr(full, truth),
+        "psnr_gt_hero": psnr(hero, truth),
+        "psnr_gt_copy_last": psnr(copy_last, truth),
+        "psnr_hero_vs_full": psnr(hero, full),
+        "ssim_gt_full": ssim(full, truth),
+        "ssim_gt_hero": ssim(hero, truth),
+        "ssim_hero_vs_full": ssim(hero, full),
+        "disparity_error_full": float((disparity(full) - disparity(truth)).abs().mean()),
+        "disparity_error_hero": float((disparity(hero) - disparity(truth)).abs().mean()),
+        "cheap_calls": graph.cheap_steps,
+        "full_calls": graph.full_steps,
+        "outputs": {"truth": truth, "full": full, "hero": hero},
+    }
+
+
+def write_strip(result: dict[str, Any], out_dir: Path) -> Path:
+    """A PNG per seed: rows ground truth / full compute / hero / |hero - full| (x4), one column per frame."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    truth, full, hero = (result["outputs"][k] for k in ("truth", "full", "hero"))
+    frames = truth.shape[2]
+    for index, seed in enumerate(result["seeds"]):
+        rows = [rgb(x[index : index + 1]) for x in (truth, full, hero)]
+        rows.append((rows[2] - rows[1]).abs().mul(4).clamp(0, 1))
+        grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (3, 4H, T*W)
+        pixels = (grid.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        image = Image.fromarray(pixels).resize((pixels.shape[1] * 4, pixels.shape[0] * 4), Image.Resampling.NEAREST)
+        image.save(out_dir / f"rollout_seed{seed}_{frames}frames.png")
+    return out_dir
+
+
+FIGURES = (
+    ("speedup", "speedup of hero over plain Inductor", "x"),
+    ("psnr_gt_full", "PSNR vs ground truth, full compute", " dB"),
+    ("psnr_gt_hero", "PSNR vs ground truth, hero", " dB"),
+    ("psnr_gt_copy_last", "PSNR vs ground truth, copy last frame", " dB"),
+    ("psnr_hero_vs_full", "PSNR of hero vs full compute", " dB"),
+    ("ssim_gt_full", "SSIM vs ground truth, full compute", ""),
+    ("ssim_gt_hero", "SSIM vs ground truth, hero", ""),
+    ("disparity_error_full", "mean abs. disparity error, full compute", ""),
+    ("disparity_error_hero", "mean abs. disparity error, hero", ""),
+)
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [f"{label:>42}: {result[key]:.3f}{unit}" for key, label, unit in FIGURES]
+    lines.append(f"{'hero calls (full / cheap)':>42}: {result['full_calls']} / {result['cheap_calls']}")
+    return "\n".join(lines)
+
+
+def save_json(result: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps({k: v for k, v in result.items() if k != "outputs"}, indent=2))

@@ -1,0 +1,101 @@
+"""The action-conditioned video diffusion transformer of the bundled world model.
+
+Context frames (clean) and noisy future frames are patchified over (frames, height, width) into one token
+sequence; each frame's tokens carry a learned embedding of its role (context) or of the action that led to it
+(future), and the actions also join the timestep in the adaLN conditioning. Blocks are the DiT blocks of
+``hero_compile.testing.dit`` (fused SDPA, adaLN-Zero). The model predicts the flow-matching velocity of the
+future frames. Channels are RGB and disparity (as Aether predicts colour and depth).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hero_compile.testing.dit import DiTBlock, modulate, timestep_embedding
+from hero_compile.world.env import NUM_ACTIONS
+
+NULL_ACTION = NUM_ACTIONS
+"""The action index used for the unconditional branch of classifier-free guidance (and action dropout)."""
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    channels: int = 4
+    resolution: int = 32
+    context_frames: int = 2
+    future_frames: int = 2
+    patch: int = 2
+    hidden: int = 128
+    heads: int = 4
+    depth: int = 8
+    mlp_ratio: float = 4.0
+
+    @property
+    def frames(self) -> int:
+        return self.context_frames + self.future_frames
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.resolution // self.patch) ** 2
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class WorldModel(nn.Module):
+    """``forward(noisy_future, context, actions, timestep)``: frames are ``(batch, channels, frames, H, W)``,
+    ``actions`` ``(batch, future_frames)`` integers (``NULL_ACTION`` for none), ``timestep`` ``(batch,)`` in
+    [0, 1000]. Returns the velocity of the future frames."""
+
+    def __init__(self, config: WorldModelConfig = WorldModelConfig()) -> None:
+        super().__init__()
+        self.config = c = config
+        patch_dim = c.channels * c.patch * c.patch
+        self.patch_embed = nn.Linear(patch_dim, c.hidden)
+        self.pos_embed = nn.Parameter(torch.randn(1, c.frames * c.tokens_per_frame, c.hidden) * 0.02)
+        self.action_embed = nn.Embedding(NUM_ACTIONS + 1, c.hidden)
+        self.context_embed = nn.Parameter(torch.zeros(1, c.context_frames, c.hidden))
+        self.time_mlp = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
+        self.action_mlp = nn.Linear(c.future_frames * c.hidden, c.hidden)
+        self.blocks = nn.ModuleList(DiTBlock(c.hidden, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm_out = nn.LayerNorm(c.hidden, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(c.hidden, 2 * c.hidden)
+        self.proj_out = nn.Linear(c.hidden, patch_dim)
+        for block in self.blocks:  # adaLN-Zero: every block starts as the identity
+            assert isinstance(block, DiTBlock)
+            nn.init.zeros_(block.ada.weight)
+            nn.init.zeros_(block.ada.bias)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(
+        self, noisy_future: torch.Tensor, context: torch.Tensor, actions: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
+        c = self.config
+        frames = torch.cat([context, noisy_future], dim=2)
+        b = frames.shape[0]
+        p, grid = c.patch, c.resolution // c.patch
+        tokens = (
+            frames.view(b, c.channels, c.frames, grid, p, grid, p)
+            .permute(0, 2, 3, 5, 1, 4, 6)
+            .reshape(b, c.frames * grid * grid, c.channels * p * p)
+        )
+        action_vectors = self.action_embed(actions)
+        frame_roles = torch.cat([self.context_embed.expand(b, -1, -1), action_vectors], dim=1)
+        # Added per token, so that the token grid stays readable from the patch embedding's reshape.
+        h = self.patch_embed(tokens) + self.pos_embed + frame_roles.repeat_interleave(grid * grid, dim=1)
+        cond = self.time_mlp(timestep_embedding(timestep, c.hidden)) + self.action_mlp(action_vectors.flatten(1))
+        for block in self.blocks:
+            h = block(h, cond)
+        shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=-1)
+        out = self.proj_out(modulate(self.norm_out(h), shift, scale))
+        future = out[:, c.context_frames * grid * grid :]
+        return (
+            future.view(b, c.future_frames, grid, grid, c.channels, p, p)
+            .permute(0, 4, 1, 2, 5, 3, 6)
+            .reshape(b, c.channels, c.future_frames, c.resolution, c.resolution)
+        )

@@ -1,0 +1,76 @@
+"""Autoregressive rollouts of the world model, chunk by chunk, with classifier-free guidance on the action."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hero_compile.world.data import to_model_space
+from hero_compile.world.env import episode, random_actions
+from hero_compile.world.model import NULL_ACTION, WorldModelConfig
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A held-out maze, the actions taken in it and the frames they produce (model space, ``(4, T, H, W)``)."""
+
+    seed: int
+    actions: torch.Tensor
+    frames: torch.Tensor
+
+
+def scenario(seed: int, chunks: int, config: WorldModelConfig) -> Scenario:
+    """Ground truth for ``chunks`` chunks after the context frames, from a seeded exploration policy."""
+    rng = np.random.default_rng(seed)
+    actions = random_actions(rng, config.context_frames - 1 + chunks * config.future_frames)
+    rgb, depth = episode(seed, actions, config.resolution)
+    return Scenario(seed, torch.from_numpy(actions).long(), to_model_space(rgb, depth))
+
+
+def rollout(
+    denoiser: Denoiser,
+    context: torch.Tensor,
+    actions: torch.Tensor,
+    config: WorldModelConfig,
+    steps: int = 30,
+    guidance: float = 3.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Predict the frames that ``actions`` lead to, ``future_frames`` at a time, each chunk denoised in
+    ``steps`` Euler steps of the flow (t from 1 to 0) and fed back as context.
+
+    ``context``: ``(batch, 4, context_frames, H, W)``; ``actions``: ``(batch, chunks * future_frames)``.
+    With ``guidance != 1`` the denoiser runs twice per step (action, then no action), as world models do.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    b, f = context.shape[0], config.future_frames
+    shape = (b, config.channels, f, config.resolution, config.resolution)
+    times = torch.linspace(1.0, 0.0, steps + 1)
+    predicted = []
+    for chunk in range(actions.shape[1] // f):
+        chunk_actions = actions[:, chunk * f : (chunk + 1) * f]
+        no_action = torch.full_like(chunk_actions, NULL_ACTION)
+        x = torch.randn(shape, generator=generator)
+        for i in range(steps):
+            t = torch.full((b,), float(times[i]) * 1000.0)
+            velocity = denoiser(x, context, chunk_actions, t)
+            if guidance != 1.0:
+                unconditional = denoiser(x, context, no_action, t)
+                velocity = unconditional + guidance * (velocity - unconditional)
+            x = x + float(times[i + 1] - times[i]) * velocity
+        predicted.append(x)
+        context = torch.cat([context, x], dim=2)[:, :, -config.context_frames :]
+    return torch.cat(predicted, dim=2)
+
+
+def rollout_scenarios(denoiser: Denoiser, scenarios: list[Scenario], config: WorldModelConfig,
+                      steps: int = 30, guidance: float = 3.0) -> torch.Tensor:
+    """Rollouts of several scenarios as one batch: ``(batch, 4, chunks * future_frames, H, W)``."""
+    context = torch.stack([s.frames[:, : config.context_frames] for s in scenarios])
+    actions = torch.stack([s.actions[config.context_frames - 1 :] for s in scenarios])
+    return rollout(denoiser, context, actions, config, steps, guidance)
