@@ -213,18 +213,8 @@ class ConditionedDiT(DiT):
         self.context_proj = nn.Linear(config.hidden, config.hidden)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        c = self.config
-        b, ch, f, hh, ww = x.shape
-        p = c.patch
-        gh, gw = hh // p, ww // p
-        tokens = x.view(b, ch, f, gh, p, gw, p).permute(0, 2, 3, 5, 1, 4, 6).reshape(b, f * gh * gw, ch * p * p)
-        h = self.patch_embed(tokens) + self.pos_embed
-        cond = self.time_mlp(timestep_embedding(timestep, c.hidden)) + self.context_proj(context)
-        for block in self.blocks:
-            h = block(h, cond)
-        shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=-1)
-        out = self.proj_out(self.norm_out(h) * (1 + scale[:, None]) + shift[:, None])
-        return out.view(b, f, gh, gw, ch, p, p).permute(0, 4, 1, 2, 5, 3, 6).reshape(b, ch, f, hh, ww)
+        cond = self.time_mlp(timestep_embedding(timestep, self.config.hidden)) + self.context_proj(context)
+        return self.denoise(x, cond)
 
 
 def make_conditioned_dit(config: DiTConfig, seed: int = 0) -> ConditionedDiT:

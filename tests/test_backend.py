@@ -36,6 +36,16 @@ from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
 AOT = HeroConfig(lowering="aot_eager")
 DIT12 = DiTConfig(depth=12, hidden=32, heads=2, frames=1, height=8, width=8)
 
+def assert_cheap_calls_repeat_last_full(calls: list[Any]) -> None:
+    """With order-0 output caching and a postlude that reads only the stack, cheap calls repeat the last full."""
+    last_full = None
+    for call in calls:
+        if call.full:
+            last_full = call.output
+        else:
+            assert last_full is not None and torch.equal(call.output, last_full)
+
+
 def dit_noise(config: DiTConfig, batch: int = 1, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, config.channels, config.frames, config.height, config.width, generator=generator)
@@ -373,12 +383,7 @@ def test_dual_stream_cheap_step_repeats_last_full_output(joint_final: bool) -> N
     euler(recorder, noise, 10, text)
     calls = recorder.take()
     assert any(not c.full for c in calls)
-    last_full = None
-    for call in calls:
-        if call.full:
-            last_full = call.output
-        else:
-            assert last_full is not None and torch.equal(call.output, last_full)
+    assert_cheap_calls_repeat_last_full(calls)
 
 
 def test_batch_size_change_recompiles_to_a_dynamic_graph_that_accelerates() -> None:
@@ -572,12 +577,7 @@ def test_rewrite_matches_reference(split: int, cache_target: str, order: int, wa
             torch.testing.assert_close(call.output, plain, atol=1e-5, rtol=0)
     if order == 0 and cache_target == "output":
         # the postlude reads only the deep output: a cheap step repeats the last full step's output exactly
-        last_full = None
-        for call in calls:
-            if call.full:
-                last_full = call.output
-            else:
-                assert last_full is not None and torch.equal(call.output, last_full)
+        assert_cheap_calls_repeat_last_full(calls)
 
 
 def test_split_past_the_stack_leaves_nothing_deep() -> None:

@@ -43,6 +43,29 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:
+    """``(batch, channels, frames, H, W)`` -> tokens ``(batch, frames * H/p * W/p, channels * p * p)``, the
+    tokens in (frame, row, column) order."""
+    b, ch, f, hh, ww = frames.shape
+    gh, gw = hh // patch, ww // patch
+    return (
+        frames.view(b, ch, f, gh, patch, gw, patch)
+        .permute(0, 2, 3, 5, 1, 4, 6)
+        .reshape(b, f * gh * gw, ch * patch * patch)
+    )
+
+
+def unpatchify(tokens: torch.Tensor, channels: int, frames: int, height: int, width: int, patch: int) -> torch.Tensor:
+    """The inverse of :func:`patchify`."""
+    b = tokens.shape[0]
+    gh, gw = height // patch, width // patch
+    return (
+        tokens.view(b, frames, gh, gw, channels, patch, patch)
+        .permute(0, 4, 1, 2, 5, 3, 6)
+        .reshape(b, channels, frames, height, width)
+    )
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -90,18 +113,17 @@ class DiT(nn.Module):
         self.proj_out = nn.Linear(c.hidden, c.channels * c.patch * c.patch)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.denoise(x, self.time_mlp(timestep_embedding(timestep, self.config.hidden)))
+
+    def denoise(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The network after the conditioning vector ``cond`` is formed."""
         c = self.config
-        b, ch, f, hh, ww = x.shape
-        p = c.patch
-        gh, gw = hh // p, ww // p
-        tokens = x.view(b, ch, f, gh, p, gw, p).permute(0, 2, 3, 5, 1, 4, 6).reshape(b, f * gh * gw, ch * p * p)
-        h = self.patch_embed(tokens) + self.pos_embed
-        cond = self.time_mlp(timestep_embedding(timestep, c.hidden))
+        _, ch, f, hh, ww = x.shape
+        h = self.patch_embed(patchify(x, c.patch)) + self.pos_embed
         for block in self.blocks:
             h = block(h, cond)
         shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=-1)
-        out = self.proj_out(modulate(self.norm_out(h), shift, scale))
-        return out.view(b, f, gh, gw, ch, p, p).permute(0, 4, 1, 2, 5, 3, 6).reshape(b, ch, f, hh, ww)
+        return unpatchify(self.proj_out(modulate(self.norm_out(h), shift, scale)), ch, f, hh, ww, c.patch)
 
 
 def make_dit(config: DiTConfig = DiTConfig(), seed: int = 0) -> DiT:

@@ -44,11 +44,11 @@ def ssim(estimate: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def demo(
-    seeds: int = 4,
-    chunks: int = 4,
+    seeds: int = 2,
+    chunks: int = 3,
     steps: int = 30,
     guidance: float = 3.0,
-    repeats: int = 3,
+    repeats: int = 2,
     hero_config: HeroConfig | None = None,
     weights: Path = WEIGHTS_DIR,
     threads: int = 2,

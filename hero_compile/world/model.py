@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hero_compile.testing.dit import DiTBlock, modulate, timestep_embedding
+from hero_compile.testing.dit import DiTBlock, modulate, patchify, timestep_embedding, unpatchify
 from hero_compile.world.env import NUM_ACTIONS
 
 NULL_ACTION = NUM_ACTIONS
@@ -77,13 +77,8 @@ class WorldModel(nn.Module):
     ) -> torch.Tensor:
         c = self.config
         frames = torch.cat([context, noisy_future], dim=2)
-        b = frames.shape[0]
-        p, grid = c.patch, c.resolution // c.patch
-        tokens = (
-            frames.view(b, c.channels, c.frames, grid, p, grid, p)
-            .permute(0, 2, 3, 5, 1, 4, 6)
-            .reshape(b, c.frames * grid * grid, c.channels * p * p)
-        )
+        b, grid = frames.shape[0], c.resolution // c.patch
+        tokens = patchify(frames, c.patch)
         action_vectors = self.action_embed(actions)
         frame_roles = torch.cat([self.context_embed.expand(b, -1, -1), action_vectors], dim=1)
         # Added per token, so that the token grid stays readable from the patch embedding's reshape.
@@ -94,8 +89,4 @@ class WorldModel(nn.Module):
         shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(h), shift, scale))
         future = out[:, c.context_frames * grid * grid :]
-        return (
-            future.view(b, c.future_frames, grid, grid, c.channels, p, p)
-            .permute(0, 4, 1, 2, 5, 3, 6)
-            .reshape(b, c.channels, c.future_frames, c.resolution, c.resolution)
-        )
+        return unpatchify(future, c.channels, c.future_frames, c.resolution, c.resolution, c.patch)
