@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=30, help="denoising steps per chunk")
     demo.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance on the action")
     demo.add_argument("--repeats", type=int, default=2, help="timed rollouts per method (median)")
+    demo.add_argument("--weights", type=Path, help="folder of the world model's weights (default: the shipped ones)")
     demo.add_argument("--json", type=Path, help="write the figures to this file")
     demo.add_argument("--out", type=Path, help="write side-by-side PNG strips to this folder")
     bench = commands.add_parser("bench", help="hero vs plain Inductor on the benchmark DiT")
@@ -29,12 +30,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from hero_compile.world.checkpoint import WeightsError
+    from hero_compile.world.checkpoint import WEIGHTS_DIR, WeightsError
     from hero_compile.world.demo import demo, report, save_json, write_strip
 
     try:
         result = demo(seeds=args.seeds, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
-                      repeats=args.repeats)
+                      repeats=args.repeats, weights=args.weights or WEIGHTS_DIR)
     except WeightsError as error:
         print(f"hero-compile demo: {error}", file=sys.stderr)
         return 2

@@ -43,29 +43,28 @@ def ssim(estimate: torch.Tensor, reference: torch.Tensor) -> float:
     return float(value)
 
 
-def demo(
+def compare_on_world_model(
+    hero_configs: dict[str, HeroConfig],
     seeds: int = 2,
     chunks: int = 3,
     steps: int = 30,
     guidance: float = 3.0,
     repeats: int = 2,
-    hero_config: HeroConfig | None = None,
     weights: Path = WEIGHTS_DIR,
     threads: int = 2,
 ) -> dict[str, Any]:
-    """Speed and quality of HERO on the world model; rollouts of each method alternated after warm-up."""
+    """Rollouts of held-out mazes with plain Inductor and with each hero setting, alternated after a warm-up
+    rollout (median of ``repeats``). Returns ``common`` figures (full compute, copy-last-frame), one row per
+    setting, and the frames."""
     torch.set_num_threads(threads)
     model = load_world_model(weights)
     config = model.config
     scenarios = [scenario(seed, chunks, config) for seed in HELD_OUT_SEEDS[:seeds]]
     truth = torch.stack([s.frames[:, config.context_frames :] for s in scenarios])
     last_context = torch.stack([s.frames[:, config.context_frames - 1 : config.context_frames] for s in scenarios])
-    copy_last = last_context.expand_as(truth)
-    hero_backend = hero_compile.backend(hero_config or HeroConfig())
-    compiled = {
-        "full": torch.compile(model, backend="inductor", fullgraph=True),
-        "hero": torch.compile(model, backend=hero_backend, fullgraph=True),
-    }
+    backends = {name: hero_compile.backend(c) for name, c in hero_configs.items()}
+    compiled = {"full": torch.compile(model, backend="inductor", fullgraph=True)}
+    compiled.update({name: torch.compile(model, backend=b, fullgraph=True) for name, b in backends.items()})
     outputs: dict[str, torch.Tensor] = {}
     times: dict[str, list[float]] = {name: [] for name in compiled}
 
@@ -76,36 +75,57 @@ def demo(
             times[name].append(time.perf_counter() - start)
         return generate
 
-    with torch.no_grad(), tqdm(total=len(compiled) * (1 + repeats), desc="demo rollouts", unit="rollout") as bar:
+    total = len(compiled) * (1 + repeats)
+    with (
+        torch._dynamo.config.patch(recompile_limit=len(compiled) + 2),  # one entry per backend
+        torch.no_grad(),
+        tqdm(total=total, desc="world-model rollouts", unit="rollout") as bar,
+    ):
         for _ in range(1 + repeats):
             for name in compiled:
                 run(name)()
                 bar.update()
     seconds = {name: statistics.median(values[1:]) for name, values in times.items()}
-    full, hero = outputs["full"], outputs["hero"]
-    graph = hero_backend.stats().graphs[0]
-    return {
+    full = outputs["full"]
+    common = {
         "seeds": list(HELD_OUT_SEEDS[:seeds]),
         "chunks": chunks,
         "steps": steps,
         "guidance": guidance,
-        "hero_config": dataclasses.asdict(hero_config or HeroConfig()),
+        "threads": threads,
         "seconds_full": seconds["full"],
-        "seconds_hero": seconds["hero"],
-        "speedup": seconds["full"] / seconds["hero"],
         "psnr_gt_full": psnr(full, truth),
-        "psnr_gt_hero": psnr(hero, truth),
-        "psnr_gt_copy_last": psnr(copy_last, truth),
-        "psnr_hero_vs_full": psnr(hero, full),
+        "psnr_gt_copy_last": psnr(last_context.expand_as(truth), truth),
         "ssim_gt_full": ssim(full, truth),
-        "ssim_gt_hero": ssim(hero, truth),
-        "ssim_hero_vs_full": ssim(hero, full),
-        "disparity_error_full": float((disparity(full) - disparity(truth)).abs().mean()),
-        "disparity_error_hero": float((disparity(hero) - disparity(truth)).abs().mean()),
-        "cheap_calls": graph.cheap_steps,
-        "full_calls": graph.full_steps,
-        "outputs": {"truth": truth, "full": full, "hero": hero},
+        "disparity_error_full": _disparity_error(full, truth),
     }
+    rows = []
+    for name, hero_config in hero_configs.items():
+        hero, graph = outputs[name], backends[name].stats().graphs[0]
+        rows.append({
+            "setting": name,
+            "hero_config": dataclasses.asdict(hero_config),
+            "seconds_hero": seconds[name],
+            "speedup": seconds["full"] / seconds[name],
+            "psnr_gt_hero": psnr(hero, truth),
+            "psnr_hero_vs_full": psnr(hero, full),
+            "ssim_gt_hero": ssim(hero, truth),
+            "ssim_hero_vs_full": ssim(hero, full),
+            "disparity_error_hero": _disparity_error(hero, truth),
+            "cheap_calls": graph.cheap_steps,
+            "full_calls": graph.full_steps,
+        })
+    return {"common": common, "rows": rows, "outputs": {"truth": truth, **outputs}}
+
+
+def _disparity_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    return float((disparity(estimate) - disparity(truth)).abs().mean())
+
+
+def demo(hero_config: HeroConfig | None = None, **options: Any) -> dict[str, Any]:
+    """The figures of ``hero-compile demo``: one hero setting (the defaults) against plain Inductor."""
+    result = compare_on_world_model({"hero": hero_config or HeroConfig()}, **options)
+    return {**result["common"], **result["rows"][0], "outputs": result["outputs"]}
 
 
 def write_strip(result: dict[str, Any], out_dir: Path) -> Path:

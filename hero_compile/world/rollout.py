@@ -48,12 +48,14 @@ def rollout(
     With ``guidance != 1`` the denoiser runs twice per step (action, then no action), as world models do.
     """
     generator = torch.Generator().manual_seed(seed)
+    context = context.contiguous()
     b, f = context.shape[0], config.future_frames
     shape = (b, config.channels, f, config.resolution, config.resolution)
     times = torch.linspace(1.0, 0.0, steps + 1)
     predicted = []
     for chunk in range(actions.shape[1] // f):
-        chunk_actions = actions[:, chunk * f : (chunk + 1) * f]
+        # Contiguous inputs: a strided slice would make Dynamo specialize (and recompile) on its strides.
+        chunk_actions = actions[:, chunk * f : (chunk + 1) * f].contiguous()
         no_action = torch.full_like(chunk_actions, NULL_ACTION)
         x = torch.randn(shape, generator=generator)
         for i in range(steps):
@@ -64,7 +66,7 @@ def rollout(
                 velocity = unconditional + guidance * (velocity - unconditional)
             x = x + float(times[i + 1] - times[i]) * velocity
         predicted.append(x)
-        context = torch.cat([context, x], dim=2)[:, :, -config.context_frames :]
+        context = torch.cat([context, x], dim=2)[:, :, -config.context_frames :].contiguous()
     return torch.cat(predicted, dim=2)
 
 
