@@ -12,21 +12,28 @@ import json
 from hero_compile.bench.speed import compare_on_dit
 from hero_compile.config import HeroConfig
 
-DEFAULTS = {"defaults": HeroConfig(), "extrapolation only": HeroConfig(token_refresh=False)}
+RESIDUAL = HeroConfig(cache_target="residual")
+
+DEFAULTS = {
+    "output (defaults)": HeroConfig(),
+    "residual + refresh": RESIDUAL,
+    "residual, no refresh": RESIDUAL.replace(token_refresh=False),
+}
 
 SWEEP = {
-    **DEFAULTS,
-    "extrapolation only, interval 2": HeroConfig(token_refresh=False, interval=2),
-    "extrapolation only, interval 4": HeroConfig(token_refresh=False, interval=4),
-    "interval 4": HeroConfig(interval=4),
-    "interval 5": HeroConfig(interval=5),
-    "refresh 0.5": HeroConfig(refresh_ratio=0.5),
-    "refresh 0.125": HeroConfig(refresh_ratio=0.125, patch_size=4),
-    "kv cache": HeroConfig(kv_source="cache"),
-    "split 2": HeroConfig(split=2),
-    "split 6": HeroConfig(split=6),
-    "output cached": HeroConfig(cache_target="output"),
-    "order 2": HeroConfig(extrapolation_order=2, warmup_steps=3),
+    "residual + refresh": RESIDUAL,
+    "residual, no refresh": RESIDUAL.replace(token_refresh=False),
+    "residual, no refresh, interval 2": RESIDUAL.replace(token_refresh=False, interval=2),
+    "residual, no refresh, interval 4": RESIDUAL.replace(token_refresh=False, interval=4),
+    "residual + refresh, interval 4": RESIDUAL.replace(interval=4),
+    "residual + refresh, interval 5": RESIDUAL.replace(interval=5),
+    "residual + refresh 0.5": RESIDUAL.replace(refresh_ratio=0.5),
+    "residual + refresh 0.125": RESIDUAL.replace(refresh_ratio=0.125, patch_size=4),
+    "residual + refresh, kv cache": RESIDUAL.replace(kv_source="cache"),
+    "residual + refresh, split 2": RESIDUAL.replace(split=2),
+    "residual + refresh, split 6": RESIDUAL.replace(split=6),
+    "output (defaults)": HeroConfig(),
+    "residual + refresh, order 2": RESIDUAL.replace(extrapolation_order=2, warmup_steps=3),
 }
 
 COLUMNS = ("speedup", "flop_speedup", "efficiency", "psnr_vs_full")

@@ -12,15 +12,17 @@ from pathlib import Path
 from hero_compile.config import HeroConfig
 from hero_compile.world.demo import compare_on_world_model
 
+RESIDUAL = HeroConfig(cache_target="residual")
+
 SETTINGS = {
-    "defaults": HeroConfig(),
-    "extrapolation only": HeroConfig(token_refresh=False),
-    "interval 4": HeroConfig(interval=4),
-    "interval 5": HeroConfig(interval=5),
-    "refresh 0.5": HeroConfig(refresh_ratio=0.5),
-    "kv cache": HeroConfig(kv_source="cache"),
-    "output cached": HeroConfig(cache_target="output"),
-    "split 2": HeroConfig(split=2),
+    "residual + refresh": RESIDUAL,
+    "residual, no refresh": RESIDUAL.replace(token_refresh=False),
+    "residual + refresh, interval 4": RESIDUAL.replace(interval=4),
+    "residual + refresh, interval 5": RESIDUAL.replace(interval=5),
+    "residual + refresh 0.5": RESIDUAL.replace(refresh_ratio=0.5),
+    "residual + refresh, kv cache": RESIDUAL.replace(kv_source="cache"),
+    "output (defaults)": HeroConfig(),
+    "residual + refresh, split 2": RESIDUAL.replace(split=2),
 }
 
 COLUMNS = ("speedup", "psnr_gt_hero", "psnr_hero_vs_full", "ssim_gt_hero", "disparity_error_hero")

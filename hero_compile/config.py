@@ -40,8 +40,11 @@ class HeroConfig:
             from the block count. 0 extrapolates the whole stack; the block count extrapolates nothing.
         extrapolation_order: 0 reuses the last full step's deep feature (FORA-like), 1 extrapolates
             linearly in the timestep (HERO), 2 quadratically. Higher orders need more history and amplify noise.
-        cache_target: what the deep segment caches: ``"residual"`` (its output minus its input, added to the
-            current input on cheap steps) or ``"output"`` (its output, used as is).
+        cache_target: what the deep segment caches: ``"output"`` (its output, used as is; the shallow blocks
+            that only feed the deep segment are then skipped on cheap steps too) or ``"residual"`` (its output
+            minus its input, added to the shallow blocks' current output, which token refresh recomputes in
+            part). ``"output"`` measured faster and closer to full compute on the benchmark DiT and on the
+            world model (docs/results.md); ``"residual"`` is HERO's hierarchy of refresh and extrapolation.
         lowering: how the graph variants are compiled: ``"inductor"`` (fast), ``"aot_eager"`` (quick to
             compile, for tests), or ``"eager"`` (plain FX, for debugging).
         enabled: ``False`` compiles the graph exactly as plain ``backend="inductor"`` would.
@@ -56,7 +59,7 @@ class HeroConfig:
     final_full_steps: int = 1
     split: int | Literal["auto"] = "auto"
     extrapolation_order: int = 1
-    cache_target: CacheTarget = "residual"
+    cache_target: CacheTarget = "output"
     lowering: Lowering = "inductor"
     enabled: bool = True
 

@@ -88,9 +88,9 @@ def test_replace_rejects_unknown_fields_and_keeps_the_original() -> None:
         config.replace(nope=1)
     with pytest.raises(ValueError, match="bogus"):
         config.replace(interval=2, bogus=True)
-    changed = config.replace(interval=2, cache_target="output")
-    assert (changed.interval, changed.cache_target) == (2, "output")
-    assert (config.interval, config.cache_target) == (4, "residual")
+    changed = config.replace(interval=2, cache_target="residual")
+    assert (changed.interval, changed.cache_target) == (2, "residual")
+    assert (config.interval, config.cache_target) == (4, "output")
 
 
 # ---------------------------------------------------------------------------------------------------------------

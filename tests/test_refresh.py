@@ -181,8 +181,8 @@ def test_token_count_equal_to_head_dim_and_frames_refreshes_exactly_at_ratio_one
 def test_token_grid_is_read_from_the_patch_embedding() -> None:
     model = make_dit(DiTConfig(depth=3, hidden=32, heads=2, frames=2, height=8, width=12))
     noise = torch.randn(1, 4, 2, 8, 12)
-    *_, stats = run_steps(model, HeroConfig(refresh_ratio=0.25, patch_size=2, split=2, **REFRESH_ONLY),
-                          (noise,), [900.0, 800.0])
+    config = HeroConfig(refresh_ratio=0.25, patch_size=2, split=2, cache_target="residual", **REFRESH_ONLY)
+    *_, stats = run_steps(model, config, (noise,), [900.0, 800.0])
     # 2 frames x 4 x 6 tokens, cut into 2x2 patches: 12 patches of 4 tokens, one token each.
     assert stats.tokens_refreshed_per_cheap_step == {"L['self'].blocks.0": 12, "L['self'].blocks.1": 12}
 
@@ -192,7 +192,7 @@ def test_whole_generation_with_refresh_and_extrapolation_is_one_graph() -> None:
     counters.clear()
     model = make_dit(DiTConfig(depth=6, hidden=32, heads=2, frames=2, height=8, width=8))
     noise = torch.randn(1, 4, 2, 8, 8)
-    backend = hero_compile.backend(HeroConfig(lowering="aot_eager"))
+    backend = hero_compile.backend(HeroConfig(lowering="aot_eager", cache_target="residual"))
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     with torch.no_grad():
         reference = flow_matching_sample(model, noise, 20)
@@ -220,7 +220,7 @@ def cheap_graph(backend: hero_compile.HeroBackend) -> torch.fx.GraphModule:
 def test_attention_stays_one_fused_call_per_block(style: str) -> None:
     model = StyledTransformer(style, rotary=True)
     torch._dynamo.reset()
-    backend = hero_compile.backend(HeroConfig(split=1, **REFRESH_ONLY))
+    backend = hero_compile.backend(HeroConfig(split=1, cache_target="residual", **REFRESH_ONLY))
     with torch.no_grad():
         torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 24, 4), torch.randn(1, 5, 32),
                                                              torch.full((1,), 900.0))
