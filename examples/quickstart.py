@@ -6,6 +6,7 @@ Run: ``python examples/quickstart.py``
 import torch
 
 import hero_compile
+from hero_compile.bench.metrics import psnr
 from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
 
 model = make_dit(DiTConfig(depth=12, hidden=128, heads=4, frames=2, height=16, width=16))
@@ -19,5 +20,4 @@ with torch.no_grad():  # inference_mode tensors differ from the noise: Dynamo wo
 graph = hero_compile.stats().graphs[0]
 print(f"blocks: {len(graph.blocks)}, deep from block {graph.split}")
 print(f"full calls: {graph.full_steps}, cheap calls: {graph.cheap_steps}")
-mse = torch.mean((video - reference) ** 2)
-print(f"PSNR vs full compute: {10 * torch.log10((reference.max() - reference.min()) ** 2 / mse).item():.1f} dB")
+print(f"PSNR vs full compute: {psnr(video, reference):.1f} dB")

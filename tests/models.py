@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hero_compile.bench.metrics import psnr as psnr  # the tests measure quality as the benchmarks do
 from hero_compile.testing.dit import DiT, DiTConfig, make_dit, timestep_embedding
 
 
@@ -224,10 +225,3 @@ def make_conditioned_dit(config: DiTConfig, seed: int = 0) -> ConditionedDiT:
     missing, _ = model.load_state_dict(base.state_dict(), strict=False)
     assert set(missing) == {"context_proj.weight", "context_proj.bias"}
     return model.eval()
-
-
-def psnr(result: torch.Tensor, reference: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio of ``result`` against ``reference`` (dB; the peak is the reference's range)."""
-    mse = torch.mean((result.double() - reference.double()) ** 2)
-    peak = (reference.max() - reference.min()).double() ** 2
-    return float("inf") if mse == 0 else float(10 * torch.log10(peak / mse))

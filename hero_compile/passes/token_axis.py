@@ -13,8 +13,9 @@ never infers an axis from a size: a token count equal to head_dim, hidden size o
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import prod
 from typing import Any
 
 import torch
@@ -311,21 +312,14 @@ def _reshape(rule: _Rule) -> NodeAxis | None:
     assert axis is not None
     in_shape = list(_tensor(source).shape)
     out_shape = list(_tensor(rule.node).shape)
-    before = _product(in_shape[: axis.dim])
+    before = prod(in_shape[: axis.dim])
     for j in range(len(out_shape)):
-        if _product(out_shape[:j]) == before and out_shape[j] == in_shape[axis.dim]:
+        if prod(out_shape[:j]) == before and out_shape[j] == in_shape[axis.dim]:
             moved = axis.moved(j)
             if rule.node.target in ("view", "reshape", torch.reshape):
                 rule.analysis.edits[rule.node.name] = ResizeView(j, moved)
             return moved
     raise rule.reject(f"reshape {in_shape} -> {out_shape} merges or splits the token axis")
-
-
-def _product(sizes: Sequence[int]) -> int:
-    result = 1
-    for size in sizes:
-        result *= int(size)
-    return result
 
 
 def _permute(rule: _Rule) -> NodeAxis | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 import torch
@@ -51,18 +52,11 @@ def _keeps_axis(arg: fx.Node, out: Any, axis: int) -> bool:
 
 def _merged_dims(in_shape: list[int], out_shape: list[int], axis: int) -> list[int] | None:
     """Input dims whose product forms output dim ``axis`` (equal prefix products before and after)."""
-    before, after = _product(out_shape[:axis]), _product(out_shape[: axis + 1])
+    before, after = prod(out_shape[:axis]), prod(out_shape[: axis + 1])
     # Leading size-1 dims (a batch of one) belong before the token axis, not in it.
-    starts = [i for i in range(len(in_shape)) if _product(in_shape[:i]) == before]
+    starts = [i for i in range(len(in_shape)) if prod(in_shape[:i]) == before]
     if not starts:
         return None
-    start = starts[-1] if _product(in_shape[: starts[-1] + 1]) <= after else starts[0]
-    stop = next((i for i in range(start + 1, len(in_shape) + 1) if _product(in_shape[:i]) == after), None)
+    start = starts[-1] if prod(in_shape[: starts[-1] + 1]) <= after else starts[0]
+    stop = next((i for i in range(start + 1, len(in_shape) + 1) if prod(in_shape[:i]) == after), None)
     return None if stop is None else list(range(start, stop))
-
-
-def _product(sizes: list[int]) -> int:
-    result = 1
-    for size in sizes:
-        result *= int(size)
-    return result
