@@ -5,13 +5,19 @@
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from hero_compile.backend import DEFAULT_BACKEND, HeroBackend
 from hero_compile.config import HeroConfig
 from hero_compile.stats import GraphStats, HeroStats
+from hero_compile.variability import ProfileMismatch, VariabilityProfile
 
-__all__ = ["GraphStats", "HeroBackend", "HeroConfig", "HeroStats", "backend", "reset", "stats"]
+__all__ = [
+    "GraphStats", "HeroBackend", "HeroConfig", "HeroStats", "ProfileMismatch", "VariabilityProfile", "backend",
+    "reset", "save_profile", "stats",
+]
 
 BACKEND_NAME = "hero"
 
@@ -29,6 +35,13 @@ def reset() -> None:
 def stats() -> HeroStats:
     """What the default ``"hero"`` backend did, per compiled graph."""
     return DEFAULT_BACKEND.stats()
+
+
+def save_profile(path: str | os.PathLike[str], backend: HeroBackend | None = None, graph_id: int | None = None
+                 ) -> Path:
+    """Write the variability profile measured by ``backend`` (default: the ``"hero"`` backend) to ``path``;
+    ``HeroConfig(profile=path)`` then reuses its split without measuring."""
+    return (backend or DEFAULT_BACKEND).save_profile(path, graph_id)
 
 
 def _register_without_entry_point() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from functools import partial
 from math import prod
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,13 +21,14 @@ from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.extrapolate import extrapolate_deep_segment, plan_deep_segment
 from hero_compile.passes.graph_surgery import live_nodes, without_dead_code
 from hero_compile.passes.lower import CompiledFn, lower
+from hero_compile.passes.profile import add_variability_outputs, zero_previous_outputs
 from hero_compile.passes.refresh import BlockRefresh, plan_block_refresh, refresh_shallow_blocks
 from hero_compile.passes.token_axis import analyze_token_axis
 from hero_compile.passes.token_grid import find_token_grid
-from hero_compile.runtime import HeroRuntime, VariantSpec
-from hero_compile.schedule import resolve_split
+from hero_compile.runtime import HeroRuntime, InputRoles, LazyVariant, Profiling, ReadyVariant, Variants, VariantSpec
 from hero_compile.stats import GraphStats, HeroStats
 from hero_compile.token_selection import TokenSelector
+from hero_compile.variability import SPLIT_RULE, VariabilityProfile, VariabilityRecorder
 
 log = logging.getLogger("hero_compile")
 
@@ -41,7 +44,7 @@ class HeroBackend:
 
     def __init__(self, config: HeroConfig | None = None) -> None:
         self.config = config or HeroConfig()
-        self._runtimes: list[HeroRuntime] = []
+        self._runtimes: dict[int, HeroRuntime] = {}
         self._stats = HeroStats()
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> CompiledFn:
@@ -61,13 +64,33 @@ class HeroBackend:
             log.warning("hero: graph %d is compiled without acceleration: %s", stats.graph_id, reason)
             stats.fallback_reason = str(reason)
             return plain()
-        self._runtimes.append(runtime)
+        self._runtimes[stats.graph_id] = runtime
         return runtime
 
     def reset(self) -> None:
         """Start a new generation in every graph this backend compiled (caches and step counters cleared)."""
-        for runtime in self._runtimes:
+        for runtime in self._runtimes.values():
             runtime.reset()
+
+    def profiles(self) -> dict[int, VariabilityProfile]:
+        """The variability profile of each graph that has one (measured or loaded), by graph id."""
+        return {graph_id: r.profile for graph_id, r in self._runtimes.items() if r.profile is not None}
+
+    def save_profile(self, path: str | os.PathLike[str], graph_id: int | None = None) -> Path:
+        """Write the variability profile of graph ``graph_id`` (by default the only graph with one) to ``path``,
+        for ``HeroConfig(profile=path)`` to reuse without measuring it again."""
+        profiles = self.profiles()
+        if graph_id is None:
+            if len(profiles) != 1:
+                raise ValueError(
+                    f"{len(profiles)} compiled graphs have a variability profile (ids {sorted(profiles)}); pass "
+                    "graph_id" if profiles else "no variability profile has been measured yet: run a generation "
+                    "longer than HeroConfig.profile_steps with split='auto' first"
+                )
+            graph_id = next(iter(profiles))
+        if graph_id not in profiles:
+            raise ValueError(f"graph {graph_id} has no variability profile (graphs with one: {sorted(profiles)})")
+        return profiles[graph_id].save(path)
 
     def stats(self) -> HeroStats:
         """What this backend did, per compiled graph (a live record: it keeps counting)."""
@@ -103,11 +126,47 @@ def _build_runtime(
 ) -> HeroRuntime:
     _reject_data_dependent_shapes(gm)
     timestep_index = _timestep_input(gm)
-    stack = discover_blocks(gm)
-    split = resolve_split(config.split, len(stack.blocks))
-    stats.blocks, stats.split = stack.paths, split
+    roles = InputRoles(timestep_index, tuple(_activation_inputs(gm)))
     stats.timestep_input = _placeholders(gm)[timestep_index].name
+    stack = discover_blocks(gm)
+    stats.blocks = stack.paths
+    compile_variant = partial(lower, lowering=config.lowering, inductor_options=inductor_options)
+    build = partial(_build_variants, gm, stack, config, compile_variant, stats)
 
+    profile = VariabilityProfile.load(config.profile) if config.profile is not None else None
+    if profile is not None:
+        profile.check_fits(stack.paths, source=f"profile {config.profile}")
+        stats.variability = profile.variability
+    if config.split != "auto":
+        stats.split_reason = "set by HeroConfig.split"
+        return HeroRuntime(config, roles, stats, variants=build(int(config.split), example_inputs))
+    if profile is not None:
+        stats.split_reason = f"read from profile {config.profile}: {SPLIT_RULE}"
+        runtime = HeroRuntime(config, roles, stats, variants=build(profile.split, example_inputs))
+        runtime.profile = profile
+        return runtime
+    profiling = Profiling(
+        variant=LazyVariant(partial(compile_variant, add_variability_outputs(gm, stack))),
+        recorder=VariabilityRecorder(stack.paths),
+        zero_previous=zero_previous_outputs(gm, stack),
+        build=build,
+    )
+    return HeroRuntime(config, roles, stats, profiling=profiling)
+
+
+def _build_variants(
+    gm: fx.GraphModule,
+    stack: BlockStack,
+    config: HeroConfig,
+    compile_variant: Callable[[fx.GraphModule, Sequence[Any]], CompiledFn],
+    stats: GraphStats,
+    split: int,
+    example_inputs: Sequence[Any] | None = None,
+) -> Variants:
+    """The full and cheap variants for ``split``. The full one is compiled now for ``example_inputs`` if given
+    (Dynamo's own example inputs, valid for every size the graph accepts), else lazily on first use."""
+    split = min(split, len(stack.blocks))
+    stats.split = split
     segment = None
     cheap_gm = gm
     if split < len(stack.blocks):
@@ -119,13 +178,11 @@ def _build_runtime(
     refresh_count = TokenSelector(grid, config.patch_size, config.refresh_ratio).size if grid else 0
     stats.tokens_refreshed_per_cheap_step = {plan.block.path: refresh_count for plan in refresh}
 
-    compile_cheap = None
+    cheap = None
     if segment is not None or refresh:
         if refresh:
             cheap_gm = refresh_shallow_blocks(cheap_gm, refresh, refresh_count, config.kv_source == "cache")
-        compile_cheap = partial(
-            lower, without_dead_code(cheap_gm), lowering=config.lowering, inductor_options=inductor_options
-        )
+        cheap = LazyVariant(partial(compile_variant, without_dead_code(cheap_gm)))
     refresh_cached = [name for plan in refresh for name in plan.cached_values(config.kv_source == "cache")]
     full_gm = add_cache_outputs(gm, segment, refresh_cached)
     spec = VariantSpec(
@@ -134,11 +191,13 @@ def _build_runtime(
         history_length=config.extrapolation_order + 1,
         num_refresh_caches=len(refresh_cached),
         token_grid=grid if refresh else None,
-        timestep_index=timestep_index,
-        activation_indices=tuple(_activation_inputs(gm)),
     )
-    full = lower(full_gm, example_inputs, config.lowering, inductor_options)
-    return HeroRuntime(config, spec, full, compile_cheap, stats)
+    full: LazyVariant | ReadyVariant
+    if example_inputs is None:
+        full = LazyVariant(partial(compile_variant, full_gm))
+    else:
+        full = ReadyVariant(compile_variant(full_gm, example_inputs))
+    return Variants(spec, full, cheap)
 
 
 def _needed_on_cheap_steps(cheap_gm: fx.GraphModule, shallow: Sequence[Block], stats: GraphStats) -> list[Block]:

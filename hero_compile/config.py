@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,8 +37,14 @@ class HeroConfig:
         final_full_steps: the last steps of a generation computed in full (>= 0), where fine detail forms.
             Applied once the generation's length is known: from the previous generation with the same
             timestep schedule.
-        split: index of the first deep block (extrapolated on cheap steps), or ``"auto"`` to choose it
-            from the block count. 0 extrapolates the whole stack; the block count extrapolates nothing.
+        split: index of the first deep block (extrapolated on cheap steps), or ``"auto"`` to choose it from
+            the blocks' measured temporal variability (``hero_compile.variability``). 0 extrapolates the whole
+            stack; the block count extrapolates nothing.
+        profile: a variability profile saved by ``hero_compile.save_profile``; with ``split="auto"`` its split
+            is used and nothing is measured. A profile of another model (other blocks) is an error.
+        profile_steps: with ``split="auto"`` and no ``profile``, the first generation's first
+            ``profile_steps`` steps run in full while the profile is measured (>= 2: the first step of a
+            generation has no predecessor); the split is then fixed and cheap steps begin.
         extrapolation_order: 0 reuses the last full step's deep feature (FORA-like), 1 extrapolates
             linearly in the timestep (HERO), 2 quadratically. Higher orders need more history and amplify noise.
         cache_target: what the deep segment caches: ``"output"`` (its output, used as is; the shallow blocks
@@ -58,6 +65,8 @@ class HeroConfig:
     interval: int = 3
     final_full_steps: int = 1
     split: int | Literal["auto"] = "auto"
+    profile: str | os.PathLike[str] | None = None
+    profile_steps: int = 4
     extrapolation_order: int = 1
     cache_target: CacheTarget = "output"
     lowering: Lowering = "inductor"
@@ -77,6 +86,10 @@ class HeroConfig:
                "final_full_steps", self.final_full_steps, "an int >= 0")
         _check(self.split == "auto" or (_is_int(self.split) and self.split >= 0),
                "split", self.split, "'auto' or an int >= 0")
+        _check(self.profile is None or isinstance(self.profile, (str, os.PathLike)),
+               "profile", self.profile, "None or a path")
+        _check(_is_int(self.profile_steps) and self.profile_steps >= 2,
+               "profile_steps", self.profile_steps, "an int >= 2")
         _check(_is_int(self.extrapolation_order) and self.extrapolation_order in (0, 1, 2),
                "extrapolation_order", self.extrapolation_order, "0, 1 or 2")
         _check(self.cache_target in _CACHE_TARGETS, "cache_target", self.cache_target, f"one of {_CACHE_TARGETS}")

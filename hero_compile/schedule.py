@@ -31,15 +31,3 @@ def extrapolation_coefficients(timestep: float, history: Sequence[float], order:
                 weight *= (timestep - t_j) / (t_i - t_j)
         weights.append(weight)
     return weights + [0.0] * (length - len(weights))
-
-
-def resolve_split(split: int | str, num_blocks: int) -> int:
-    """The index of the first deep block. ``"auto"`` keeps the first third of the stack shallow.
-
-    A fixed share until the variability profile decides it; an explicit index past the stack means nothing
-    is deep.
-    """
-    if split == "auto":
-        return max(1, round(num_blocks / 3))
-    assert isinstance(split, int)
-    return min(split, num_blocks)

@@ -14,7 +14,10 @@ class GraphStats:
     Attributes:
         graph_id: order in which the backend received the graph (0 first).
         blocks: module paths of the block stack found, empty if none.
-        split: index of the first extrapolated (deep) block; equal to ``len(blocks)`` when nothing is deep.
+        split: index of the first extrapolated (deep) block; equal to ``len(blocks)`` when nothing is deep;
+            ``None`` while the variability profile that decides it is being measured.
+        split_reason: how the split was chosen (configured, read from a profile file, or measured).
+        variability: mean temporal variability of each block's output, when it was measured or loaded.
         deep_streams: graph values predicted on cheap steps (one per stream leaving the deep segment).
         timestep_input: the graph input the denoising step is read from.
         full_steps: denoiser calls that ran the full computation (a CFG step made of two calls counts two).
@@ -28,6 +31,8 @@ class GraphStats:
     graph_id: int
     blocks: list[str] = field(default_factory=list)
     split: int | None = None
+    split_reason: str | None = None
+    variability: list[float] = field(default_factory=list)
     deep_streams: list[str] = field(default_factory=list)
     timestep_input: str | None = None
     full_steps: int = 0

@@ -32,6 +32,7 @@ from hero_compile import HeroBackend, HeroConfig
 from hero_compile.backend import DEFAULT_BACKEND
 from hero_compile.schedule import extrapolation_coefficients, is_full_step
 from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
+from hero_compile.variability import split_from_variability
 
 AOT = HeroConfig(lowering="aot_eager")
 DIT12 = DiTConfig(depth=12, hidden=32, heads=2, frames=1, height=8, width=8)
@@ -137,9 +138,10 @@ def dit_run() -> SimpleNamespace:
             calls.append(recorder.take())
         stats = copy.deepcopy(backend.stats())
         report = recompile_report()
-        backend.reset()
-        results.append(flow_matching_sample(recorder, noise, steps=30))
-        calls.append(recorder.take())
+        for _ in range(2):
+            backend.reset()
+            results.append(flow_matching_sample(recorder, noise, steps=30))
+            calls.append(recorder.take())
     return SimpleNamespace(
         config=backend.config,
         reference=reference,
@@ -147,7 +149,7 @@ def dit_run() -> SimpleNamespace:
         calls=calls,
         stats=stats,
         report=report,
-        stats_after_reset=copy.deepcopy(backend.stats()),
+        stats_after_reset=copy.deepcopy(backend.stats()),  # after both resets
         report_after_reset=recompile_report(),
     )
 
@@ -163,7 +165,10 @@ def test_generation_stats(dit_run: SimpleNamespace) -> None:
     (graph,) = dit_run.stats.graphs
     assert graph.accelerated
     assert len(graph.blocks) == 12 and graph.blocks[0].endswith("blocks.0")
-    assert graph.split == 4
+    # split="auto": measured during the first generation's first profile_steps steps
+    assert len(graph.variability) == 12 and all(v > 0 for v in graph.variability)
+    assert graph.split == split_from_variability(graph.variability)
+    assert graph.split_reason is not None and graph.split_reason.startswith("profiled over steps [1, 2, 3]")
     assert len(graph.deep_streams) == 1
     assert graph.timestep_input is not None and "timestep" in graph.timestep_input
     assert graph.generations == 2
@@ -171,20 +176,20 @@ def test_generation_stats(dit_run: SimpleNamespace) -> None:
     assert graph.full_steps + graph.cheap_steps == 60
     assert graph.cheap_steps == sum(not c.full for calls in dit_run.calls[:2] for c in calls)
     (after,) = dit_run.stats_after_reset.graphs
-    assert after.generations == 3
-    assert after.full_steps + after.cheap_steps == 90
+    assert after.generations == 4
+    assert after.full_steps + after.cheap_steps == 120
 
 
 def test_generation_follows_the_schedule(dit_run: SimpleNamespace) -> None:
     config = dit_run.config
-    first, second, after_reset = ([c.full for c in calls] for calls in dit_run.calls)
-    assert first[: config.warmup_steps] == [True] * config.warmup_steps
-    assert first == [is_full_step(s, config, None) for s in range(30)]
+    first, second, after_reset, _ = ([c.full for c in calls] for calls in dit_run.calls)
+    # the first generation's first steps measure the variability profile, in full
+    assert first == [s < config.profile_steps or is_full_step(s, config, None) for s in range(30)]
     # the second generation knows its length from the first: its final steps are full
     assert second == [is_full_step(s, config, 30) for s in range(30)]
     assert second[-1] and not first[-1]
-    # reset() forgets the learned length
-    assert after_reset == first
+    # reset() forgets the learned length but keeps the measured split
+    assert after_reset == [is_full_step(s, config, None) for s in range(30)]
 
 
 def test_full_steps_equal_the_plain_model(dit_run: SimpleNamespace) -> None:
@@ -198,13 +203,13 @@ def test_full_steps_equal_the_plain_model(dit_run: SimpleNamespace) -> None:
     assert max(float((c.output - c.eager).abs().max()) for c in cheap) > 1e-5
 
 
-def test_reset_reproduces_the_first_generation_bit_for_bit(dit_run: SimpleNamespace) -> None:
-    first, second, after_reset = dit_run.results
-    assert torch.equal(after_reset, first)
-    for a, b in zip(dit_run.calls[0], dit_run.calls[2]):
+def test_reset_reproduces_a_generation_bit_for_bit(dit_run: SimpleNamespace) -> None:
+    _, second, after_reset, after_second_reset = dit_run.results
+    assert torch.equal(after_second_reset, after_reset)
+    for a, b in zip(dit_run.calls[2], dit_run.calls[3]):
         assert torch.equal(a.output, b.output)
     # without reset the learned schedule changed the second generation (its last step ran in full)
-    assert not torch.equal(second, first)
+    assert not torch.equal(second, after_reset)
 
 
 def test_generation_quality(dit_run: SimpleNamespace) -> None:
@@ -424,11 +429,13 @@ def test_default_backend_by_name() -> None:
     second = euler(compiled, noise, 12)
     assert graph.generations == 2
     assert not torch.equal(second, first)
-    # ... while hero_compile.reset() forgets everything: the first generation again, bit for bit
+    # ... while hero_compile.reset() forgets it (the measured split stays): one generation again, bit for bit
     hero_compile.reset()
     third = euler(compiled, noise, 12)
-    assert graph.generations == 3
-    assert torch.equal(third, first)
+    hero_compile.reset()
+    fourth = euler(compiled, noise, 12)
+    assert graph.generations == 4
+    assert torch.equal(fourth, third) and not torch.equal(third, second)
     assert len(hero_compile.stats().graphs) == graphs_before + 1
 
 

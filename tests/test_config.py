@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 import re
 
 import pytest
@@ -28,6 +29,8 @@ BAD_VALUES: dict[str, list[object]] = {
     "enabled": [1, 0, "yes", "True", None],
     "kv_source": ["Cache", "kv", "", None, 1],
     "token_refresh": [1, 0, "yes", None],
+    "profile": [1, b"profile.json", True, ["profile.json"]],
+    "profile_steps": [0, 1, 2.0, "4", None, True],
 }
 
 GOOD_VALUES: dict[str, list[object]] = {
@@ -43,6 +46,8 @@ GOOD_VALUES: dict[str, list[object]] = {
     "enabled": [True, False],
     "kv_source": ["current", "cache"],
     "token_refresh": [True, False],
+    "profile": [None, "profile.json", pathlib.Path("profile.json")],
+    "profile_steps": [2, 4, 100],
 }
 
 

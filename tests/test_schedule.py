@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from hero_compile import HeroConfig
 from hero_compile.runtime import GenerationState
-from hero_compile.schedule import extrapolation_coefficients, is_full_step, resolve_split
+from hero_compile.schedule import extrapolation_coefficients, is_full_step
 
 timesteps = st.floats(min_value=0.0, max_value=1000.0, allow_nan=False, allow_infinity=False)
 coefficient = st.floats(min_value=-10.0, max_value=10.0, allow_nan=False, allow_infinity=False)
@@ -123,27 +123,6 @@ def test_full_step_semantics(warmup: int, interval: int, final: int, total: int 
 def test_interval_1_disables_acceleration() -> None:
     config = HeroConfig(interval=1, warmup_steps=0, final_full_steps=0)
     assert all(is_full_step(s, config, total) for s in range(50) for total in (None, 50))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# resolve_split
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@given(blocks=st.integers(2, 200))
-def test_auto_split_keeps_a_shallow_and_a_deep_part(blocks: int) -> None:
-    split = resolve_split("auto", blocks)
-    assert 1 <= split < blocks
-    assert abs(split - blocks / 3) <= 0.5 + 1e-9
-
-
-@given(blocks=st.integers(1, 50), split=st.integers(0, 100))
-def test_explicit_split_is_clamped_to_the_stack(blocks: int, split: int) -> None:
-    assert resolve_split(split, blocks) == min(split, blocks)
-
-
-def test_auto_split_of_12_blocks() -> None:
-    assert resolve_split("auto", 12) == 4
 
 
 # ---------------------------------------------------------------------------------------------------------------

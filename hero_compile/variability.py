@@ -1,0 +1,164 @@
+"""Layer-wise temporal variability: the measured profile, the rule that turns it into a split, and its file.
+
+``v_l(t) = ||F_l(t) - F_l(t-1)|| / ||F_l(t)||`` is how far block ``l``'s output moved between two consecutive
+denoising steps, relative to its size. HERO refreshes the blocks whose features move (the shallow prefix) and
+extrapolates the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SHALLOW_SHARE = 1 / 3
+"""The shallow prefix is the shortest one holding this share of the stack's total variability."""
+
+SPLIT_RULE = f"the shortest shallow prefix holding {SHALLOW_SHARE:.0%} of the stack's total variability"
+
+FORMAT_VERSION = 1
+
+
+class ProfileMismatch(ValueError):
+    """A saved profile was measured on another model (other blocks) than the one being compiled."""
+
+
+def split_from_variability(variability: Sequence[float], share: float = SHALLOW_SHARE) -> int:
+    """The index of the first deep block: the shortest prefix whose variability sums to at least ``share`` of
+    the total is shallow. At least one block is shallow and one deep.
+
+    With the same variability everywhere this is the first third of the stack; when the first blocks move the
+    most (HERO's observation) the shallow prefix is shorter, and when variability grows with depth it is longer.
+    """
+    if len(variability) < 2:
+        raise ValueError(f"a split needs at least 2 blocks, got {len(variability)}")
+    if any(not math.isfinite(v) or v < 0 for v in variability):
+        raise ValueError(f"variability must be finite and >= 0, got {list(variability)}")
+    target, running = share * sum(variability), 0.0
+    for index, value in enumerate(variability):
+        running += value
+        if running >= target:
+            return min(max(index + 1, 1), len(variability) - 1)
+    return len(variability) - 1
+
+
+@dataclass(frozen=True)
+class VariabilityProfile:
+    """Variability of each block at each measured step (the mean over the step's calls, e.g. both CFG calls).
+
+    Attributes:
+        blocks: module paths of the blocks, in stack order.
+        steps: the denoising step of each row of ``per_step`` (the first step of a generation has no
+            predecessor and is not measured).
+        per_step: ``per_step[i][l]`` is ``v_l`` at step ``steps[i]``.
+    """
+
+    blocks: tuple[str, ...]
+    steps: tuple[int, ...]
+    per_step: tuple[tuple[float, ...], ...]
+
+    def __post_init__(self) -> None:
+        if not self.per_step or len(self.per_step) != len(self.steps):
+            raise ValueError("a variability profile needs one row per measured step, and at least one")
+        if any(len(row) != len(self.blocks) for row in self.per_step):
+            raise ValueError(f"every row of a variability profile needs {len(self.blocks)} values (one per block)")
+
+    @property
+    def variability(self) -> list[float]:
+        """Mean variability of each block over the measured steps."""
+        return [sum(column) / len(column) for column in zip(*self.per_step)]
+
+    @property
+    def split(self) -> int:
+        return split_from_variability(self.variability)
+
+    def check_fits(self, blocks: Sequence[str], source: str = "the profile") -> None:
+        """Raise :class:`ProfileMismatch` unless the profile was measured on a stack with these blocks."""
+        if tuple(blocks) != self.blocks:
+            raise ProfileMismatch(
+                f"{source} was measured on {len(self.blocks)} blocks ({_abbreviate(self.blocks)}) but the model "
+                f"being compiled has {len(blocks)} ({_abbreviate(blocks)}); measure a profile for this model "
+                "(HeroConfig(split='auto') without a profile) or pass an explicit split"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "blocks": list(self.blocks),
+            "steps": list(self.steps),
+            "per_step": [list(row) for row in self.per_step],
+            "variability": self.variability,
+            "split": self.split,
+            "rule": SPLIT_RULE,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> VariabilityProfile:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            return cls(tuple(data["blocks"]), tuple(data["steps"]), tuple(tuple(r) for r in data["per_step"]))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"variability profile {path} does not exist (write one with "
+                                    "hero_compile.save_profile)") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a variability profile written by hero_compile.save_profile: "
+                             f"{error}") from error
+
+
+class VariabilityRecorder:
+    """Collects the profile variant's per-block sums while a generation is profiled.
+
+    The sums stay on the device; they are read once, by :meth:`profile`, when the split is fixed.
+    """
+
+    def __init__(self, blocks: Sequence[str]) -> None:
+        self.blocks = tuple(blocks)
+        self.previous: dict[int, tuple[Any, list[torch.Tensor]]] = {}
+        self.rows: list[tuple[int, torch.Tensor]] = []
+
+    def start_generation(self) -> None:
+        """The next call has no previous step to be compared with."""
+        self.previous.clear()
+
+    def previous_outputs(self, slot: int, signature: Any) -> list[torch.Tensor] | None:
+        """The block outputs of this call slot's previous step, if they have this call's shapes."""
+        entry = self.previous.get(slot)
+        return entry[1] if entry is not None and entry[0] == signature else None
+
+    def record(self, step: int, slot: int, signature: Any, outputs: list[torch.Tensor],
+               sums: torch.Tensor | None) -> None:
+        """Keep this call's block outputs for the next step, and its sums if it had a previous step."""
+        self.previous[slot] = (signature, [o.detach() for o in outputs])
+        if sums is not None:
+            self.rows.append((step, sums.detach()))
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.rows)
+
+    def profile(self) -> VariabilityProfile:
+        """The profile so far (one device-to-host copy)."""
+        sums = torch.stack([s.float() for _, s in self.rows]).cpu().double()
+        ratios = (sums[:, :, 0] / sums[:, :, 1].clamp_min(1e-30)).sqrt()
+        by_step: dict[int, list[torch.Tensor]] = {}
+        for (step, _), row in zip(self.rows, ratios):
+            by_step.setdefault(step, []).append(row)
+        steps = sorted(by_step)
+        per_step = tuple(tuple(torch.stack(by_step[s]).mean(0).tolist()) for s in steps)
+        return VariabilityProfile(self.blocks, tuple(steps), per_step)
+
+
+def _abbreviate(paths: Sequence[str]) -> str:
+    return ", ".join(paths) if len(paths) <= 3 else f"{paths[0]}, ..., {paths[-1]}"
