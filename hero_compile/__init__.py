@@ -9,14 +9,15 @@ import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from hero_compile.analysis import AnalysisReport, analyze
 from hero_compile.backend import DEFAULT_BACKEND, HeroBackend
 from hero_compile.config import HeroConfig
 from hero_compile.stats import GraphStats, HeroStats
 from hero_compile.variability import ProfileMismatch, VariabilityProfile
 
 __all__ = [
-    "GraphStats", "HeroBackend", "HeroConfig", "HeroStats", "ProfileMismatch", "VariabilityProfile", "backend",
-    "reset", "save_profile", "stats",
+    "AnalysisReport", "GraphStats", "HeroBackend", "HeroConfig", "HeroStats", "ProfileMismatch",
+    "VariabilityProfile", "analyze", "backend", "reset", "save_profile", "stats",
 ]
 
 BACKEND_NAME = "hero"

@@ -133,15 +133,15 @@ def _build_runtime(
     compile_variant = partial(lower, lowering=config.lowering, inductor_options=inductor_options)
     build = partial(_build_variants, gm, stack, config, compile_variant, stats)
 
-    profile = VariabilityProfile.load(config.profile) if config.profile is not None else None
+    profile = _configured_profile(config)
     if profile is not None:
-        profile.check_fits(stack.paths, source=f"profile {config.profile}")
+        profile.check_fits(stack.paths, source=f"profile {_describe_profile(config)}")
         stats.variability = profile.variability
     if config.split != "auto":
         stats.split_reason = "set by HeroConfig.split"
         return HeroRuntime(config, roles, stats, variants=build(int(config.split), example_inputs))
     if profile is not None:
-        stats.split_reason = f"read from profile {config.profile}: {SPLIT_RULE}"
+        stats.split_reason = f"read from profile {_describe_profile(config)}: {SPLIT_RULE}"
         runtime = HeroRuntime(config, roles, stats, variants=build(profile.split, example_inputs))
         runtime.profile = profile
         return runtime
@@ -152,6 +152,16 @@ def _build_runtime(
         build=build,
     )
     return HeroRuntime(config, roles, stats, profiling=profiling)
+
+
+def _configured_profile(config: HeroConfig) -> VariabilityProfile | None:
+    if config.profile is None or isinstance(config.profile, VariabilityProfile):
+        return config.profile
+    return VariabilityProfile.load(config.profile)
+
+
+def _describe_profile(config: HeroConfig) -> str:
+    return "given in HeroConfig" if isinstance(config.profile, VariabilityProfile) else str(config.profile)
 
 
 def _build_variants(
@@ -213,25 +223,26 @@ def _needed_on_cheap_steps(cheap_gm: fx.GraphModule, shallow: Sequence[Block], s
     return needed
 
 
+def plan_refresh(gm: fx.GraphModule, stack: BlockStack, block: Block) -> BlockRefresh:
+    """How token refresh rewrites ``block``; raises :class:`RewriteUnsupported` with the reason it cannot."""
+    stream = _refreshed_stream(stack.stream_inputs(block, nodes_by_name(gm.graph)))
+    return plan_block_refresh(block, analyze_token_axis(gm, block, stream.name), stream.name)
+
+
 def _plan_refresh(
     gm: fx.GraphModule, stack: BlockStack, shallow: Sequence[Block], stats: GraphStats
 ) -> tuple[list[BlockRefresh], tuple[int, ...] | None]:
     """Refresh plans of the shallow blocks the token-axis analysis accepts (the others run in full, with the
     reason in ``stats.refresh_skipped``), and the token grid they share."""
-    if not shallow:
-        return [], None
-    nodes = nodes_by_name(gm.graph)
     plans = []
     for block in shallow:
-        stream = _refreshed_stream(stack.stream_inputs(block, nodes))
         try:
-            axes = analyze_token_axis(gm, block, stream.name)
-            plans.append(plan_block_refresh(block, axes, stream.name))
+            plans.append(plan_refresh(gm, stack, block))
         except RewriteUnsupported as reason:
             stats.refresh_skipped[block.path] = str(reason)
     if not plans:
         return [], None
-    first_input = _refreshed_stream(stack.stream_inputs(plans[0].block, nodes))
+    first_input = _refreshed_stream(stack.stream_inputs(plans[0].block, nodes_by_name(gm.graph)))
     grid = find_token_grid(first_input, plans[0].axes.token_inputs[first_input.name].dim)
     if prod(grid) != plans[0].axes.token_count:
         grid = (plans[0].axes.token_count,)

@@ -1,11 +1,14 @@
-"""The ``hero-compile`` command: ``demo`` (the bundled world model) and ``bench`` (the benchmark DiT)."""
+"""The ``hero-compile`` command: ``demo`` (the bundled world model), ``analyze`` (a report of what HERO finds in
+a model) and ``bench`` (the benchmark DiT)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,12 +23,23 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--weights", type=Path, help="folder of the world model's weights (default: the shipped ones)")
     demo.add_argument("--json", type=Path, help="write the figures to this file")
     demo.add_argument("--out", type=Path, help="write side-by-side PNG strips to this folder")
+    analyze = commands.add_parser("analyze", help="profile a model and write a report (Markdown, JSON, PNG)")
+    analyze.add_argument("target", nargs="?", default="world",
+                         help="'world' (the bundled world model) or package.module:factory, a function returning "
+                         "(model, example_inputs) or (model, example_inputs, sampler)")
+    analyze.add_argument("--out", type=Path, default=Path("hero-analysis"), help="folder for the report")
+    analyze.add_argument("--steps", type=int, default=30, help="denoising steps per generation")
+    analyze.add_argument("--repeats", type=int, default=3, help="timed generations per method (median)")
+    analyze.add_argument("--lowering", choices=("inductor", "aot_eager", "eager"), default="inductor",
+                         help="how both plain and hero are compiled for the timing")
     bench = commands.add_parser("bench", help="hero vs plain Inductor on the benchmark DiT")
     bench.add_argument("--quick", action="store_true", help="a small model and few steps, for a smoke run")
     bench.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "analyze":
+        return _analyze(args)
     return _bench(quick=args.quick, json_path=args.json)
 
 
@@ -45,6 +59,34 @@ def _demo(args: argparse.Namespace) -> int:
     if args.out:
         print(f"strips written to {write_strip(result, args.out)}")
     return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from hero_compile.analysis import analyze
+    from hero_compile.config import HeroConfig
+    from hero_compile.report import write_report
+
+    model, example_inputs, sampler = _analysis_target(args.target, args.steps)
+    report = analyze(model, example_inputs, sampler, HeroConfig(lowering=args.lowering), steps=args.steps,
+                     repeats=args.repeats)
+    written = write_report(report, args.out)
+    print((args.out / "report.md").read_text())
+    print(f"report written to {args.out} ({', '.join(p.name for p in written)})")
+    return 0 if report.fallback_reason is None else 1
+
+
+def _analysis_target(target: str, steps: int) -> tuple[Any, Any, Any]:
+    if target == "world":
+        from hero_compile.world.target import world_model_target
+
+        return world_model_target(steps=steps)
+    module_name, _, factory_name = target.partition(":")
+    if not factory_name:
+        raise SystemExit(f"hero-compile analyze: target {target!r} must be 'world' or package.module:factory")
+    made = getattr(importlib.import_module(module_name), factory_name)()
+    if not isinstance(made, tuple) or len(made) not in (2, 3):
+        raise SystemExit(f"hero-compile analyze: {target}() must return (model, example_inputs[, sampler])")
+    return (*made, None) if len(made) == 2 else made
 
 
 def _bench(quick: bool, json_path: Path | None) -> int:

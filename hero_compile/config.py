@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hero_compile.variability import VariabilityProfile
+
 Lowering = Literal["inductor", "aot_eager", "eager"]
 CacheTarget = Literal["residual", "output"]
 KeyValueSource = Literal["current", "cache"]
@@ -40,8 +42,9 @@ class HeroConfig:
         split: index of the first deep block (extrapolated on cheap steps), or ``"auto"`` to choose it from
             the blocks' measured temporal variability (``hero_compile.variability``). 0 extrapolates the whole
             stack; the block count extrapolates nothing.
-        profile: a variability profile saved by ``hero_compile.save_profile``; with ``split="auto"`` its split
-            is used and nothing is measured. A profile of another model (other blocks) is an error.
+        profile: a variability profile, or the path of one saved by ``hero_compile.save_profile``; with
+            ``split="auto"`` its split is used and nothing is measured. A profile of another model (other
+            blocks) is an error.
         profile_steps: with ``split="auto"`` and no ``profile``, the first generation's first
             ``profile_steps`` steps run in full while the profile is measured (>= 2: the first step of a
             generation has no predecessor); the split is then fixed and cheap steps begin.
@@ -65,7 +68,7 @@ class HeroConfig:
     interval: int = 3
     final_full_steps: int = 1
     split: int | Literal["auto"] = "auto"
-    profile: str | os.PathLike[str] | None = None
+    profile: str | os.PathLike[str] | VariabilityProfile | None = None
     profile_steps: int = 4
     extrapolation_order: int = 1
     cache_target: CacheTarget = "output"
@@ -86,8 +89,8 @@ class HeroConfig:
                "final_full_steps", self.final_full_steps, "an int >= 0")
         _check(self.split == "auto" or (_is_int(self.split) and self.split >= 0),
                "split", self.split, "'auto' or an int >= 0")
-        _check(self.profile is None or isinstance(self.profile, (str, os.PathLike)),
-               "profile", self.profile, "None or a path")
+        _check(self.profile is None or isinstance(self.profile, (str, os.PathLike, VariabilityProfile)),
+               "profile", self.profile, "None, a path or a VariabilityProfile")
         _check(_is_int(self.profile_steps) and self.profile_steps >= 2,
                "profile_steps", self.profile_steps, "an int >= 2")
         _check(_is_int(self.extrapolation_order) and self.extrapolation_order in (0, 1, 2),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ def psnr(estimate: torch.Tensor, reference: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(peak**2 / mse)).item()
 
 
-class _FlopCounter(TorchDispatchMode):
+class FlopCounter(TorchDispatchMode):
     """Sums ``torch.utils.flop_counter``'s per-op FLOP formulas over the aten ops that run.
 
     Unlike ``FlopCounterMode`` it declares itself transparent to compilation: Dynamo runs frames eagerly
@@ -45,12 +45,12 @@ class _FlopCounter(TorchDispatchMode):
 
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of the aten ops ``fn`` dispatches. Compile with ``lowering="eager"`` so that every op is seen."""
-    with _FlopCounter() as counter:
+    with FlopCounter() as counter:
         fn()
     return counter.total
 
 
-def alternated_medians(runs: dict[str, Callable[[], Any]], repeats: int, on_run: Callable[[], None] | None = None
+def alternated_medians(runs: Mapping[str, Callable[[], Any]], repeats: int, on_run: Callable[[], None] | None = None
                        ) -> dict[str, float]:
     """Median wall time of each callable, the callables alternated so that drift of the machine hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in runs}

@@ -1,0 +1,227 @@
+"""The variability profile: measured inside the graph, turned into a split, saved, reused, and reported."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from models import DualStreamTransformer, NoStackModel
+from PIL import Image
+
+import hero_compile
+from hero_compile import HeroBackend, HeroConfig, ProfileMismatch, VariabilityProfile
+from hero_compile.cli import main as cli_main
+from hero_compile.report import PLOTS, write_report
+from hero_compile.schedule import is_full_step
+from hero_compile.testing.dit import DiTConfig, make_dit
+from hero_compile.variability import SHALLOW_SHARE, split_from_variability
+
+AOT = HeroConfig(lowering="aot_eager")
+DIT6 = DiTConfig(depth=6, hidden=32, heads=2, frames=1, height=8, width=8)
+
+
+def euler(model: Callable[..., torch.Tensor], x: torch.Tensor, steps: int, *extra: torch.Tensor) -> torch.Tensor:
+    times = torch.linspace(1.0, 0.0, steps + 1)
+    with torch.no_grad():
+        for i in range(steps):
+            x = x + float(times[i + 1] - times[i]) * model(x, *extra, torch.full((x.shape[0],), 1000.0 * times[i]))
+    return x
+
+
+def eager_variability(model: torch.nn.Module, blocks: torch.nn.ModuleList, run: Callable[[], Any]) -> torch.Tensor:
+    """``(steps - 1, blocks)``: ``||F(t) - F(t-1)|| / ||F(t)||`` from forward hooks, over all of a block's outputs."""
+    outputs: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in blocks]
+
+    def hook(index: int) -> Callable[..., None]:
+        def record(module: torch.nn.Module, args: Any, output: Any) -> None:
+            outputs[index].append(tuple(output) if isinstance(output, tuple) else (output,))
+        return record
+
+    handles = [block.register_forward_hook(hook(i)) for i, block in enumerate(blocks)]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = []
+    for step in range(1, len(outputs[0])):
+        row = []
+        for per_block in outputs:
+            change = sum(float((a.double() - b.double()).square().sum()) for a, b in zip(per_block[step],
+                                                                                          per_block[step - 1]))
+            size = sum(float(a.double().square().sum()) for a in per_block[step])
+            row.append((change / size) ** 0.5)
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+def profiled_generation(model: torch.nn.Module, run: Callable[[Callable[..., Any]], Any]) -> VariabilityProfile:
+    backend = HeroBackend(AOT.replace(profile_steps=10**6))
+    run(torch.compile(model, backend=backend, fullgraph=True))
+    runtime = backend._runtimes[0]
+    assert runtime.profiling is not None
+    return runtime.profiling.recorder.profile()
+
+
+def test_fused_variability_equals_an_eager_reference_single_stream() -> None:
+    model = make_dit(DIT6)
+    noise = torch.randn(1, 4, 1, 8, 8)
+    profile = profiled_generation(model, lambda m: euler(m, noise, 10))
+    reference = eager_variability(model, model.blocks, lambda: euler(model, noise, 10))
+    assert profile.steps == tuple(range(1, 10))
+    torch.testing.assert_close(torch.tensor(profile.per_step, dtype=torch.float64), reference.double(),
+                               rtol=2e-3, atol=1e-6)
+
+
+def test_fused_variability_equals_an_eager_reference_dual_stream() -> None:
+    model = DualStreamTransformer(depth=4, joint_final=True)
+    x, text = torch.randn(1, 16, 4), torch.randn(1, 5, 8)
+    profile = profiled_generation(model, lambda m: euler(m, x, 8, text))
+    reference = eager_variability(model, model.transformer_blocks, lambda: euler(model, x, 8, text))
+    torch.testing.assert_close(torch.tensor(profile.per_step, dtype=torch.float64), reference.double(),
+                               rtol=2e-3, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The split rule
+# ---------------------------------------------------------------------------------------------------------------
+
+profiles = st.lists(st.floats(0.0, 10.0, allow_nan=False, allow_infinity=False), min_size=2, max_size=64)
+
+
+@given(variability=profiles)
+def test_split_is_the_shortest_prefix_holding_the_share(variability: list[float]) -> None:
+    split = split_from_variability(variability)
+    assert 1 <= split <= len(variability) - 1
+    target = SHALLOW_SHARE * sum(variability)
+    if split < len(variability) - 1:
+        assert sum(variability[:split]) >= target * (1 - 1e-12)
+    if split > 1:
+        assert sum(variability[: split - 1]) < target * (1 + 1e-12)
+
+
+@given(blocks=st.integers(2, 200), level=st.floats(1e-3, 1.0))
+def test_flat_profile_splits_off_the_first_third(blocks: int, level: float) -> None:
+    assert abs(split_from_variability([level] * blocks) - blocks / 3) <= 1
+
+
+@given(variability=profiles.filter(lambda v: sum(v) > 0))
+def test_moving_variability_to_the_front_never_lengthens_the_prefix(variability: list[float]) -> None:
+    assert split_from_variability(sorted(variability, reverse=True)) <= split_from_variability(variability)
+
+
+@pytest.mark.parametrize("bad", [[], [1.0], [1.0, float("nan")], [1.0, -0.5]])
+def test_split_rejects_bad_profiles(bad: list[float]) -> None:
+    with pytest.raises(ValueError):
+        split_from_variability(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving and reusing a profile
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@given(rows=st.lists(st.lists(st.floats(0, 5, allow_nan=False), min_size=3, max_size=3), min_size=1, max_size=8))
+def test_profile_round_trips_through_its_file(rows: list[list[float]], tmp_path_factory: Any) -> None:
+    profile = VariabilityProfile(("a", "b", "c"), tuple(range(1, len(rows) + 1)), tuple(map(tuple, rows)))
+    path = profile.save(tmp_path_factory.mktemp("profile") / "profile.json")
+    loaded = VariabilityProfile.load(path)
+    assert loaded == profile and loaded.split == profile.split
+
+
+def test_a_measured_profile_is_saved_and_reused_without_measuring(tmp_path: Path) -> None:
+    model = make_dit(DIT6)
+    noise = torch.randn(1, 4, 1, 8, 8)
+    measuring = HeroBackend(AOT)
+    compiled = torch.compile(model, backend=measuring, fullgraph=True)
+    euler(compiled, noise, 3)  # shorter than profile_steps: measured, not yet fixed
+    with pytest.raises(ValueError, match="no variability profile has been measured yet"):
+        measuring.save_profile(tmp_path / "early.json")
+    euler(compiled, noise, 12)  # a new generation: the split is fixed on its first call
+    path = hero_compile.save_profile(tmp_path / "profile.json", backend=measuring)
+    saved = json.loads(path.read_text())
+    assert saved["split"] == measuring.stats().graphs[0].split
+    assert saved["blocks"] == measuring.stats().graphs[0].blocks
+
+    torch._dynamo.reset()
+    reusing = HeroBackend(AOT.replace(profile=path))
+    euler(torch.compile(model, backend=reusing, fullgraph=True), noise, 12)
+    (graph,) = reusing.stats().graphs
+    assert graph.split == saved["split"] and graph.split_reason.startswith(f"read from profile {path}")
+    expected_full = sum(is_full_step(s, reusing.config, None) for s in range(12))
+    assert graph.full_steps == expected_full, "a loaded profile skips the measuring steps"
+
+
+def test_a_profile_of_another_model_is_a_clear_error(tmp_path: Path) -> None:
+    profile = VariabilityProfile(tuple(f"L['self'].blocks.{i}" for i in range(6)), (1,), ((0.1,) * 6,))
+    path = profile.save(tmp_path / "six_blocks.json")
+    model = make_dit(DiTConfig(depth=4, hidden=32, heads=2, frames=1, height=8, width=8))
+    compiled = torch.compile(model, backend=HeroBackend(AOT.replace(profile=path)), fullgraph=True)
+    with pytest.raises(Exception, match=r"six_blocks\.json was measured on 6 blocks .* has 4") as caught:
+        euler(compiled, torch.randn(1, 4, 1, 8, 8), 2)
+    assert isinstance(getattr(caught.value, "inner_exception", caught.value), ProfileMismatch)
+
+
+def test_a_missing_profile_file_is_a_clear_error(tmp_path: Path) -> None:
+    model = make_dit(DiTConfig(depth=2, hidden=32, heads=2, frames=1, height=8, width=8))
+    compiled = torch.compile(model, backend=HeroBackend(AOT.replace(profile=tmp_path / "nope.json")))
+    with pytest.raises(Exception, match=r"nope\.json does not exist"):
+        euler(compiled, torch.randn(1, 4, 1, 8, 8), 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# analyze() and its report
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tiny_dit_target() -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """A ``package.module:factory`` target for ``hero-compile analyze`` (this test module is importable)."""
+    return make_dit(DIT6), (torch.randn(1, 4, 1, 8, 8), torch.full((1,), 1000.0))
+
+
+@pytest.fixture(scope="module")
+def cli_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("analysis")
+    code = cli_main(["analyze", "test_variability:tiny_dit_target", "--out", str(out), "--steps", "12",
+                     "--repeats", "1", "--lowering", "eager"])
+    assert code == 0
+    return out
+
+
+def test_analyze_writes_valid_plots(cli_report: Path) -> None:
+    for name in PLOTS:
+        with Image.open(cli_report / name) as image:
+            assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+            image.verify()
+
+
+def test_analyze_json_has_the_profile_the_split_and_the_costs(cli_report: Path) -> None:
+    report = json.loads((cli_report / "report.json").read_text())
+    assert [b["path"] for b in report["blocks"]] == [f"L['self'].blocks.{i}" for i in range(6)]
+    assert all(b["refresh"] == "refreshable" for b in report["blocks"])
+    profile = report["profile"]
+    assert profile["steps"] == list(range(1, 12)) and len(profile["per_step"]) == 11
+    assert 1 <= report["split"] <= 5
+    assert [b["role"] for b in report["blocks"]] == ["shallow"] * report["split"] + ["deep"] * (6 - report["split"])
+    assert report["flops_cheap_call"] < report["flops_full_call"]
+    assert report["flop_speedup"] > 1.0 and report["speedup"] > 0
+    assert report["full_calls"] + report["cheap_calls"] == 12
+    assert report["psnr_vs_full"] > 30
+    # the saved profile is one HeroConfig(profile=...) accepts
+    assert VariabilityProfile.load(cli_report / "profile.json").blocks == tuple(b["path"] for b in report["blocks"])
+    markdown = (cli_report / "report.md").read_text()
+    assert all(f"]({name})" in markdown for name in PLOTS)
+
+
+def test_analyze_reports_a_model_without_blocks(tmp_path: Path) -> None:
+    report = hero_compile.analyze(NoStackModel(), (torch.randn(1, 6, 4), torch.full((1,), 1000.0)), steps=2,
+                                  progress=False)
+    assert report.fallback_reason is not None and "no block stack" in report.fallback_reason
+    write_report(report, tmp_path)
+    assert "Not accelerated" in (tmp_path / "report.md").read_text()
