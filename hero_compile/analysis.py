@@ -21,7 +21,7 @@ from tqdm import tqdm
 from hero_compile.backend import HeroBackend, plan_refresh
 from hero_compile.bench.metrics import FlopCounter, alternated_medians, psnr
 from hero_compile.config import HeroConfig
-from hero_compile.passes.discover_blocks import discover_blocks
+from hero_compile.passes.discover_blocks import Block, BlockStack, discover_blocks
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.stats import GraphStats
 from hero_compile.variability import SPLIT_RULE, VariabilityProfile
@@ -117,28 +117,37 @@ def analyze(
             return report
         report.blocks = [BlockReport(block.path, _refresh_verdict(gm, stack, block)) for block in stack.blocks]
 
-        bar.set_postfix_str("variability profile")
-        profiled = HeroBackend(config.replace(profile_steps=10**9, lowering="eager"))
-        sampler(torch.compile(model, backend=profiled, fullgraph=True))
-        report.profile = _whole_generation_profile(profiled)
-        # The split a runtime with this config would fix: from the first profile_steps steps only.
-        runtime_profile = _first_steps(report.profile, config.profile_steps)
-        report.split = runtime_profile.split
-        report.split_reason = f"profiled over steps {list(runtime_profile.steps)}: {SPLIT_RULE}"
-        for index, (block, value) in enumerate(zip(report.blocks, runtime_profile.variability)):
-            block.variability = value
-            block.role = "shallow" if index < report.split else "deep"
-        bar.update()
-
-        fixed = config.replace(profile=runtime_profile)
-        bar.set_postfix_str("FLOPs")
-        _count_flops(report, model, sampler, fixed)
-        bar.update()
-        bar.set_postfix_str("wall time")
-        _time(report, model, sampler, fixed, repeats)
-        bar.update()
+        try:
+            _measure(report, model, sampler, config, repeats, bar)
+        except RewriteUnsupported as reason:
+            report.fallback_reason = str(reason)
     bar.close()
     return report
+
+
+def _measure(report: AnalysisReport, model: torch.nn.Module, sampler: Sampler, config: HeroConfig, repeats: int,
+             bar: tqdm) -> None:
+    """The profile, the split, the FLOPs and the clock (phases 2 to 4)."""
+    bar.set_postfix_str("variability profile")
+    profiled = HeroBackend(config.replace(profile_steps=10**9, lowering="eager"))
+    sampler(torch.compile(model, backend=profiled, fullgraph=True))
+    report.profile = _whole_generation_profile(profiled)
+    # The split a runtime with this config would fix: from the first profile_steps steps only.
+    runtime_profile = _first_steps(report.profile, config.profile_steps)
+    report.split = runtime_profile.split
+    report.split_reason = f"profiled over steps {list(runtime_profile.steps)}: {SPLIT_RULE}"
+    for index, (block, value) in enumerate(zip(report.blocks, runtime_profile.variability)):
+        block.variability = value
+        block.role = "shallow" if index < report.split else "deep"
+    bar.update()
+
+    fixed = config.replace(profile=runtime_profile)
+    bar.set_postfix_str("FLOPs")
+    _count_flops(report, model, sampler, fixed)
+    bar.update()
+    bar.set_postfix_str("wall time")
+    _time(report, model, sampler, fixed, repeats)
+    bar.update()
 
 
 def euler_sampler(example_inputs: Sequence[Any], steps: int) -> Sampler:
@@ -177,7 +186,7 @@ def _capture_graph(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.
     return captured[0]
 
 
-def _refresh_verdict(gm: fx.GraphModule, stack: Any, block: Any) -> str:
+def _refresh_verdict(gm: fx.GraphModule, stack: BlockStack, block: Block) -> str:
     try:
         plan_refresh(gm, stack, block)
     except RewriteUnsupported as reason:

@@ -112,6 +112,7 @@ def compare_on_world_model(
             "ssim_gt_hero": ssim(hero, truth),
             "ssim_hero_vs_full": ssim(hero, full),
             "disparity_error_hero": _disparity_error(hero, truth),
+            "split": graph.split,
             "cheap_calls": graph.cheap_steps,
             "full_calls": graph.full_steps,
         })
