@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._dynamo.source import LocalSource
+from torch._dynamo.source import DictGetItemSource, GetItemSource, LocalSource, Source
 
 from hero_compile.config import HeroConfig
 from hero_compile.passes.cache_outputs import add_cache_outputs
@@ -274,9 +274,18 @@ def _activation_inputs(gm: fx.GraphModule) -> list[int]:
     indices = []
     for i, node in enumerate(_placeholders(gm)):
         arg = node.meta.get("grapharg")
-        if arg is not None and isinstance(arg.source, LocalSource) and isinstance(arg.example, torch.Tensor):
+        if arg is not None and isinstance(arg.example, torch.Tensor) and _is_argument(arg.source):
             indices.append(i)
     return indices
+
+
+def _is_argument(source: Source) -> bool:
+    """Whether ``source`` reads a function argument, directly or as an item of one: ``L['x']``, or
+    ``L['kwargs']['x']`` under a ``**kwargs`` wrapper as diffusers' models have. Attributes (parameters and
+    buffers of ``L['self']``) and globals are not arguments."""
+    while isinstance(source, (DictGetItemSource, GetItemSource)):
+        source = source.base
+    return isinstance(source, LocalSource) and source.local_name != "self"
 
 
 def _timestep_input(gm: fx.GraphModule) -> int:

@@ -159,7 +159,7 @@ def test_a_measured_profile_is_saved_and_reused_without_measuring(tmp_path: Path
 
 
 def test_a_profile_of_another_model_is_a_clear_error(tmp_path: Path) -> None:
-    profile = VariabilityProfile(tuple(f"L['self'].blocks.{i}" for i in range(6)), (1,), ((0.1,) * 6,))
+    profile = VariabilityProfile(tuple(f"blocks.{i}" for i in range(6)), (1,), ((0.1,) * 6,))
     path = profile.save(tmp_path / "six_blocks.json")
     model = make_dit(DiTConfig(depth=4, hidden=32, heads=2, frames=1, height=8, width=8))
     compiled = torch.compile(model, backend=HeroBackend(AOT.replace(profile=path)), fullgraph=True)
@@ -203,7 +203,7 @@ def test_analyze_writes_valid_plots(cli_report: Path) -> None:
 
 def test_analyze_json_has_the_profile_the_split_and_the_costs(cli_report: Path) -> None:
     report = json.loads((cli_report / "report.json").read_text())
-    assert [b["path"] for b in report["blocks"]] == [f"L['self'].blocks.{i}" for i in range(6)]
+    assert [b["path"] for b in report["blocks"]] == [f"blocks.{i}" for i in range(6)]
     assert all(b["refresh"] == "refreshable" for b in report["blocks"])
     profile = report["profile"]
     assert profile["steps"] == list(range(1, 12)) and len(profile["per_step"]) == 11

@@ -102,10 +102,11 @@ def discover_blocks(gm: fx.GraphModule) -> BlockStack:
             raise RewriteUnsupported("blocks are interleaved in the graph")
 
     blocks = tuple(
-        _make_block(i, f"{prefix}.{index}", nodes) for i, (index, nodes) in enumerate(zip(indices, blocks_nodes))
+        _make_block(i, module_path(f"{prefix}.{index}"), nodes)
+        for i, (index, nodes) in enumerate(zip(indices, blocks_nodes))
     )
     stack = BlockStack(
-        path=prefix,
+        path=module_path(prefix),
         blocks=blocks,
         prelude=tuple(n.name for n in graph.nodes if n.op != "placeholder" and order[n] < first),
         postlude=tuple(n.name for n in graph.nodes if n.op not in ("placeholder", "output") and order[n] > last),
@@ -115,6 +116,17 @@ def discover_blocks(gm: fx.GraphModule) -> BlockStack:
         raise RewriteUnsupported("blocks do not pass any value from one to the next")
     counters["hero"]["blocks_discovered"] += len(blocks)
     return stack
+
+
+_DYNAMO_ROOT = re.compile(r"^L\['self'\]\.?")
+_MODULES_ENTRY = re.compile(r"\.?(?:__dict__\['_modules'\]|_modules)\['([^']+)'\]")
+
+
+def module_path(dynamo_path: str) -> str:
+    """The path ``model.get_submodule`` takes, from the one Dynamo records: ``L['self'].blocks.0`` and
+    ``L['self'].__dict__['_modules']['blocks']._modules['0']`` (models whose ``forward`` is wrapped) are both
+    ``blocks.0``."""
+    return _MODULES_ENTRY.sub(r".\1", _DYNAMO_ROOT.sub("", dynamo_path)).strip(".")
 
 
 def _block_owner_of_each_node(graph: fx.Graph) -> dict[fx.Node, tuple[str, int]]:
