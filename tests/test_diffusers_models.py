@@ -62,7 +62,66 @@ def flux() -> Case:
                 lambda m, x, t: m(hidden_states=x, timestep=t / 1000, return_dict=False, **context)[0])
 
 
-CASES = {"cogvideox": cogvideox, "wan": wan, "flux": flux}
+def cosmos() -> Case:
+    # concat_padding_mask=False: the padding mask is resized with torchvision, which this environment lacks.
+    model = diffusers.CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=3, mlp_ratio=2,
+        text_embed_dim=16, adaln_lora_dim=4, max_size=(4, 32, 32), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0),
+        concat_padding_mask=False, extra_pos_embed_type="learnable",
+    )
+    text = torch.randn(1, 5, 16)
+    return Case(model, torch.randn(1, 4, 2, 8, 8),
+                lambda m, x, t: m(hidden_states=x, encoder_hidden_states=text, timestep=t, return_dict=False)[0])
+
+
+def hunyuan_video() -> Case:
+    model = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=2,
+        num_single_layers=2, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+    )
+    context: dict[str, Any] = dict(encoder_hidden_states=torch.randn(1, 5, 16), encoder_attention_mask=torch.ones(1, 5),
+                                   pooled_projections=torch.randn(1, 8), guidance=torch.full((1,), 3000.0))
+    return Case(model, torch.randn(1, 4, 2, 4, 4),
+                lambda m, x, t: m(hidden_states=x, timestep=t, return_dict=False, **context)[0])
+
+
+def ltx_video() -> Case:
+    model = diffusers.LTXVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+        num_layers=3, caption_channels=16, qk_norm="rms_norm_across_heads",
+    )
+    context: dict[str, Any] = dict(encoder_hidden_states=torch.randn(1, 5, 16), encoder_attention_mask=torch.ones(1, 5),
+                                   num_frames=2, height=4, width=4)
+    return Case(model, torch.randn(1, 2 * 4 * 4, 4),
+                lambda m, x, t: m(hidden_states=x, timestep=t, return_dict=False, **context)[0])
+
+
+def latte() -> Case:
+    model = diffusers.LatteTransformer3DModel(
+        sample_size=8, num_layers=3, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=8,
+        in_channels=4, cross_attention_dim=16, out_channels=4, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        video_length=2,
+    )
+    text = torch.randn(1, 5, 8)
+    return Case(model, torch.randn(1, 4, 2, 8, 8),
+                lambda m, x, t: m(hidden_states=x, encoder_hidden_states=text, timestep=t, return_dict=False)[0])
+
+
+def mochi() -> Case:
+    model = diffusers.MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=3, pooled_projection_dim=16,
+        in_channels=4, qk_norm="rms_norm", text_embed_dim=16, time_embed_dim=4, activation_fn="swiglu",
+        max_sequence_length=16,
+    )
+    context: dict[str, Any] = dict(encoder_hidden_states=torch.randn(1, 5, 16), encoder_attention_mask=torch.ones(1, 5))
+    return Case(model, torch.randn(1, 4, 2, 8, 8),
+                lambda m, x, t: m(hidden_states=x, timestep=t, return_dict=False, **context)[0])
+
+
+CASES = {"cogvideox": cogvideox, "wan": wan, "flux": flux, "cosmos": cosmos, "hunyuan_video": hunyuan_video,
+         "ltx_video": ltx_video, "latte": latte, "mochi": mochi}
 
 
 def generate(case: Case, model: torch.nn.Module) -> torch.Tensor:
@@ -74,7 +133,17 @@ def generate(case: Case, model: torch.nn.Module) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+NOT_YET = {
+    "latte": "spatial and temporal blocks alternate with reshapes between them; discovery needs one stack with "
+             "nothing between its blocks",
+    "mochi": "the text tokens are packed with nonzero(), a data-dependent shape, so the graph falls back",
+}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[name])) if name in NOT_YET else name
+    for name in sorted(CASES)
+])
 def test_hero_defaults_accelerate_the_model_in_one_graph(name: str) -> None:
     torch.manual_seed(0)
     case = CASES[name]()
