@@ -134,8 +134,6 @@ def generate(case: Case, model: torch.nn.Module) -> torch.Tensor:
 
 
 NOT_YET = {
-    "latte": "spatial and temporal blocks alternate with reshapes between them; discovery needs one stack with "
-             "nothing between its blocks",
     "mochi": "the text tokens are packed with nonzero(), a data-dependent shape, so the graph falls back",
 }
 

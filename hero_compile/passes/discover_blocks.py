@@ -3,7 +3,8 @@
 Dynamo inlines modules, so the graph is flat; each call node carries ``meta["nn_module_stack"]``, whose
 entries name the modules the call ran inside (``L['self'].transformer_blocks.3.attn1``). The children of a
 container that end in an index (``<prefix>.<i>``) and whose subgraphs have the same sequence of ops are the
-blocks. Nothing here knows a model class: the structure is read off the graph.
+blocks; code that runs between them (glue, or a second interleaved stack) joins the block before it. Nothing
+here knows a model class: the structure is read off the graph.
 """
 
 from __future__ import annotations
@@ -85,21 +86,13 @@ def discover_blocks(gm: fx.GraphModule) -> BlockStack:
     order = {node: i for i, node in enumerate(graph.nodes)}
     owner = _block_owner_of_each_node(graph)
     prefix, members = _largest_stack(owner)
-    blocks_nodes = [members[i] for i in sorted(members)]
+    blocks_nodes = _with_code_between([members[i] for i in sorted(members)], list(graph.nodes), order)
     run = _longest_identical_run(blocks_nodes)
     blocks_nodes = blocks_nodes[run.start:run.stop]
     indices = sorted(members)[run.start:run.stop]
     if len(blocks_nodes) < MIN_BLOCKS:
         raise RewriteUnsupported(f"no repeated block stack (found {len(blocks_nodes)} block(s) under {prefix!r})")
-
     first, last = order[blocks_nodes[0][0]], order[blocks_nodes[-1][-1]]
-    in_stack = {node for nodes in blocks_nodes for node in nodes}
-    for node in graph.nodes:
-        if first <= order[node] <= last and node not in in_stack and node.op != "placeholder":
-            raise RewriteUnsupported(f"node {node.name!r} ({node.target}) runs between blocks, outside any block")
-    for earlier, later in pairwise(blocks_nodes):
-        if order[earlier[-1]] > order[later[0]]:
-            raise RewriteUnsupported("blocks are interleaved in the graph")
 
     blocks = tuple(
         _make_block(i, module_path(f"{prefix}.{index}"), nodes)
@@ -160,6 +153,27 @@ def _signature(nodes: list[fx.Node]) -> tuple[tuple[str, str], ...]:
 
 def _target_name(target: object) -> str:
     return target if isinstance(target, str) else getattr(target, "__qualname__", None) or repr(target)
+
+
+def _with_code_between(
+    blocks_nodes: list[list[fx.Node]], nodes: list[fx.Node], order: dict[fx.Node, int]
+) -> list[list[fx.Node]]:
+    """Each block extended by the code that runs after it, up to the next block.
+
+    Stacks whose blocks are followed by glue (Latte's reshapes between its spatial and temporal blocks, or a
+    second stack interleaved with the first) repeat as periods: block ``i`` and what follows it. The last
+    period is as long as the one before it. Without code between blocks the blocks are returned unchanged.
+    """
+    starts = [order[block[0]] for block in blocks_nodes]
+    if any(a >= b for a, b in pairwise(starts)):
+        raise RewriteUnsupported("the blocks of the stack do not run in index order")
+    if all(order[block[-1]] + 1 == start for block, start in zip(blocks_nodes, starts[1:])):
+        return blocks_nodes
+    periods = [nodes[start:end] for start, end in pairwise(starts)]
+    if periods:
+        periods.append(nodes[starts[-1] : starts[-1] + len(periods[-1])])
+    # The output node is never part of a block.
+    return [[n for n in period if n.op != "output"] for period in periods] or blocks_nodes
 
 
 def _longest_identical_run(blocks_nodes: list[list[fx.Node]]) -> range:
