@@ -21,11 +21,11 @@ from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.extrapolate import extrapolate_deep_segment, plan_deep_segment
 from hero_compile.passes.graph_surgery import live_nodes, without_dead_code
 from hero_compile.passes.lower import CompiledFn, lower
-from hero_compile.passes.profile import add_variability_outputs, zero_previous_outputs
+from hero_compile.passes.profile import add_variability_outputs, measured_examples, zero_previous_outputs
 from hero_compile.passes.refresh import BlockRefresh, plan_block_refresh, refresh_shallow_blocks
 from hero_compile.passes.token_axis import analyze_token_axis
 from hero_compile.passes.token_grid import find_token_grid
-from hero_compile.runtime import HeroRuntime, InputRoles, LazyVariant, Profiling, ReadyVariant, Variants, VariantSpec
+from hero_compile.runtime import HeroRuntime, InputRoles, LazyVariant, Profiling, Variants, VariantSpec
 from hero_compile.stats import GraphStats, HeroStats
 from hero_compile.token_selection import TokenSelector
 from hero_compile.variability import SPLIT_RULE, VariabilityProfile, VariabilityRecorder
@@ -131,7 +131,7 @@ def _build_runtime(
     stack = discover_blocks(gm)
     stats.blocks = stack.paths
     compile_variant = partial(lower, lowering=config.lowering, inductor_options=inductor_options)
-    build = partial(_build_variants, gm, stack, config, compile_variant, stats)
+    build = partial(_build_variants, gm, stack, config, compile_variant, stats, example_inputs)
 
     profile = _configured_profile(config)
     if profile is not None:
@@ -139,19 +139,26 @@ def _build_runtime(
         stats.variability = profile.variability
     if config.split != "auto":
         stats.split_reason = "set by HeroConfig.split"
-        return HeroRuntime(config, roles, stats, variants=build(int(config.split), example_inputs))
+        return HeroRuntime(config, roles, stats, variants=build(int(config.split)))
     if profile is not None:
         stats.split_reason = f"read from profile {_describe_profile(config)}: {SPLIT_RULE}"
-        runtime = HeroRuntime(config, roles, stats, variants=build(profile.split, example_inputs))
+        runtime = HeroRuntime(config, roles, stats, variants=build(profile.split))
         runtime.profile = profile
         return runtime
     profiling = Profiling(
-        variant=LazyVariant(partial(compile_variant, add_variability_outputs(gm, stack))),
+        variant=compile_variant(add_variability_outputs(gm, stack), [*example_inputs, *measured_examples(gm, stack)]),
         recorder=VariabilityRecorder(stack.paths),
         zero_previous=zero_previous_outputs(gm, stack),
-        build=build,
+        build=partial(_in_tracing_context, torch._guards.TracingContext.try_get(), build),
     )
     return HeroRuntime(config, roles, stats, profiling=profiling)
+
+
+def _in_tracing_context(context: Any, build: Callable[[int], Variants], split: int) -> Variants:
+    """``build(split)`` inside the tracing context Dynamo compiled the graph in: its fake tensors, and the
+    shape environment of their symbolic sizes, are what the full variant is compiled for."""
+    with torch._guards.tracing(context):
+        return build(split)
 
 
 def _configured_profile(config: HeroConfig) -> VariabilityProfile | None:
@@ -170,11 +177,11 @@ def _build_variants(
     config: HeroConfig,
     compile_variant: Callable[[fx.GraphModule, Sequence[Any]], CompiledFn],
     stats: GraphStats,
+    example_inputs: Sequence[Any],
     split: int,
-    example_inputs: Sequence[Any] | None = None,
 ) -> Variants:
-    """The full and cheap variants for ``split``. The full one is compiled now for ``example_inputs`` if given
-    (Dynamo's own example inputs, valid for every size the graph accepts), else lazily on first use."""
+    """The full and cheap variants for ``split``. The full one is compiled now for Dynamo's own example inputs
+    (valid for every size the graph accepts); the cheap one on first use, for the sizes it is called with."""
     split = min(split, len(stack.blocks))
     stats.split = split
     segment = None
@@ -202,12 +209,7 @@ def _build_variants(
         num_refresh_caches=len(refresh_cached),
         token_grid=grid if refresh else None,
     )
-    full: LazyVariant | ReadyVariant
-    if example_inputs is None:
-        full = LazyVariant(partial(compile_variant, full_gm))
-    else:
-        full = ReadyVariant(compile_variant(full_gm, example_inputs))
-    return Variants(spec, full, cheap)
+    return Variants(spec, compile_variant(full_gm, example_inputs), cheap)
 
 
 def _needed_on_cheap_steps(cheap_gm: fx.GraphModule, shallow: Sequence[Block], stats: GraphStats) -> list[Block]:

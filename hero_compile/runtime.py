@@ -56,29 +56,22 @@ class VariantSpec:
 
 
 class LazyVariant:
-    """A graph variant compiled on first use for the integer inputs (sizes) it is called with, outside
-    Dynamo's tracing context (it is compiled while Dynamo's compiled code runs, not while Dynamo traces)."""
+    """A graph variant compiled on first use, for the real inputs it is first called with, outside Dynamo's
+    tracing context (it is compiled while Dynamo's compiled code runs, not while Dynamo traces).
+
+    It is specialized to those inputs' sizes, so the caller names the sizes: a graph with dynamic shapes is
+    compiled once per distinct ``sizes``.
+    """
 
     def __init__(self, compile: Callable[[list[Any]], CompiledFn]) -> None:
         self.compile = compile
-        self.by_sizes: dict[tuple[int, ...], CompiledFn] = {}
+        self.by_sizes: dict[Any, CompiledFn] = {}
 
-    def for_inputs(self, inputs: Sequence[Any]) -> CompiledFn:
-        sizes = tuple(x for x in inputs if isinstance(x, int))
+    def for_inputs(self, inputs: Sequence[Any], sizes: Any) -> CompiledFn:
         if sizes not in self.by_sizes:
             with torch._guards.tracing(None):
                 self.by_sizes[sizes] = self.compile(list(inputs))
         return self.by_sizes[sizes]
-
-
-class ReadyVariant:
-    """A variant compiled up front, for every size Dynamo's graph accepts."""
-
-    def __init__(self, compiled: CompiledFn) -> None:
-        self.compiled = compiled
-
-    def for_inputs(self, inputs: Sequence[Any]) -> CompiledFn:
-        return self.compiled
 
 
 @dataclass
@@ -86,7 +79,7 @@ class Variants:
     """The full and cheap variants of one split."""
 
     spec: VariantSpec
-    full: LazyVariant | ReadyVariant
+    full: CompiledFn
     cheap: LazyVariant | None
     """``None`` when the split leaves nothing to skip (no deep segment, no refreshed block)."""
 
@@ -95,7 +88,7 @@ class Variants:
 class Profiling:
     """The first generation's profiling phase: every step runs the profile variant until the split is fixed."""
 
-    variant: LazyVariant
+    variant: CompiledFn
     recorder: VariabilityRecorder
     zero_previous: Callable[[Sequence[Any]], list[torch.Tensor]]
     """Stand-ins for the previous step's block outputs on a generation's first call (its sums are dropped)."""
@@ -229,7 +222,7 @@ class HeroRuntime:
         signature = self._signature(inputs)
         previous = recorder.previous_outputs(self.state.slot, signature)
         profile_inputs = [*inputs, *(previous if previous is not None else self.profiling.zero_previous(inputs))]
-        results = self.profiling.variant.for_inputs(profile_inputs)(*profile_inputs)
+        results = self.profiling.variant(*profile_inputs)
         self.stats.full_steps += 1
         measured = len(profile_inputs) - len(inputs)
         n = len(results) - measured - 1
@@ -249,7 +242,7 @@ class HeroRuntime:
     def _run_full(self, inputs: Sequence[Any], timestep: float, cache: CallSlotCache | None,
                   variants: Variants) -> Any:
         self.stats.full_steps += 1
-        results = variants.full.for_inputs(inputs)(*inputs)
+        results = variants.full(*inputs)
         n, streams = variants.spec.num_outputs, variants.spec.num_streams
         if cache is not None:
             if streams:
@@ -290,7 +283,7 @@ class HeroRuntime:
         if spec.num_refresh_caches:
             device = cache.refresh_caches[0].device
             cheap_inputs += [self.state.indices_for_step(device), *cache.refresh_caches]
-        cheap = self._cheap_for(cheap_inputs, variants)
+        cheap = self._cheap_for(cheap_inputs, cache.signature, variants)
         if cheap is None:
             return None
         results = cheap(*cheap_inputs)
@@ -307,11 +300,12 @@ class HeroRuntime:
         padded = [cache.history[min(i, len(cache.history) - 1)][1] for i in range(spec.history_length)]
         return [coefficients, *(features[s] for s in range(spec.num_streams) for features in padded)]
 
-    def _cheap_for(self, cheap_inputs: list[Any], variants: Variants) -> CompiledFn | None:
+    def _cheap_for(self, cheap_inputs: list[Any], signature: Any, variants: Variants) -> CompiledFn | None:
         """The cheap variant for these sizes; if it fails to compile, every later step runs in full."""
         assert variants.cheap is not None
         try:
-            return variants.cheap.for_inputs(cheap_inputs)
+            sizes = (signature, tuple(x for x in cheap_inputs if isinstance(x, int)))
+            return variants.cheap.for_inputs(cheap_inputs, sizes)
         except Exception as error:
             log.warning("hero: graph %d: compiling the cheap variant failed (%s); running every step in full",
                         self.stats.graph_id, error)

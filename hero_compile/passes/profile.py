@@ -70,11 +70,16 @@ def _is_float_tensor(value: object) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point()
 
 
+def measured_examples(gm: fx.GraphModule, stack: BlockStack) -> list[torch.Tensor]:
+    """Dynamo's example values (fake tensors) of the measured outputs: example inputs for the previous step's."""
+    nodes = nodes_by_name(gm.graph)
+    return [nodes[name].meta["example_value"] for block in stack.blocks for name in measured_outputs(block, nodes)]
+
+
 def zero_previous_outputs(gm: fx.GraphModule, stack: BlockStack) -> Callable[[Sequence[Any]], list[torch.Tensor]]:
     """For the first call of a generation, which has no previous step: zeros shaped like each measured output
     for the given inputs (sizes that Dynamo made symbolic are bound from the inputs' sizes)."""
-    nodes = nodes_by_name(gm.graph)
-    examples = [nodes[name].meta["example_value"] for block in stack.blocks for name in measured_outputs(block, nodes)]
+    examples = measured_examples(gm, stack)
     placeholders = [node.meta.get("example_value") for node in gm.graph.find_nodes(op="placeholder")]
 
     def zeros(inputs: Sequence[Any]) -> list[torch.Tensor]:

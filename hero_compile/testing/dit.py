@@ -113,7 +113,8 @@ class DiT(nn.Module):
         self.proj_out = nn.Linear(c.hidden, c.channels * c.patch * c.patch)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        return self.denoise(x, self.time_mlp(timestep_embedding(timestep, self.config.hidden)))
+        embedding = timestep_embedding(timestep, self.config.hidden).to(self.pos_embed.dtype)
+        return self.denoise(x, self.time_mlp(embedding))
 
     def denoise(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The network after the conditioning vector ``cond`` is formed."""
