@@ -226,8 +226,9 @@ class HeroRuntime:
         self.stats.full_steps += 1
         measured = len(profile_inputs) - len(inputs)
         n = len(results) - measured - 1
-        recorder.record(self.state.step, self.state.slot, signature, list(results[n:-1]),
-                        results[-1] if previous is not None else None)
+        if self.state.slot < MAX_CALLS_PER_STEP:  # as for caches: repeated calls keep nothing
+            recorder.record(self.state.step, self.state.slot, signature, list(results[n:-1]),
+                            results[-1] if previous is not None else None)
         return results[:n]
 
     def _fix_split(self, profiling: Profiling) -> None:

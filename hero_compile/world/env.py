@@ -1,9 +1,9 @@
 """A first-person ray-cast maze: colour and depth frames whose future is known for any action sequence.
 
-Every seed gives a different maze layout, wall palette (a few colours) and stripe width. The camera moves on a
-grid of square cells; ``render`` casts one ray per image column through the grid (DDA), so each frame's depth
-is the exact perpendicular distance to the wall seen in that column, and colour is the wall's colour shaded by
-distance and by which face was hit, with vertical stripes along the wall. Floor and ceiling are flat colours.
+Every seed gives a different maze layout and wall palette. The camera moves on a grid of square cells;
+``render`` casts one ray per image column through the grid (DDA), so each frame's depth is the exact
+perpendicular distance to the wall seen in that column, and colour is the wall's colour shaded by distance
+and by which face was hit, with vertical stripes along the wall. Floor and ceiling are flat colours.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ STEP = 0.35
 BODY_RADIUS = 0.3
 TURN = np.pi / 12
 FIELD_OF_VIEW = np.pi / 2.5
-PALETTE_SIZE = 3
 _CEILING = np.array([0.55, 0.6, 0.7])
 _FLOOR = np.array([0.35, 0.3, 0.25])
 
@@ -46,11 +45,8 @@ class Maze:
         self.rng = np.random.default_rng(seed)
         self.size, self.resolution = size, resolution
         self.walls = self._carve(size)
-        # A few colours per maze, and one stripe pattern: what a wall looks like is learnable from the seed's
-        # visible walls, while per-cell noise would make every newly seen wall unpredictable.
-        colours = self.rng.uniform(0.15, 1.0, size=(PALETTE_SIZE, 3))
-        self.palette = colours[self.rng.integers(PALETTE_SIZE, size=size * size)]
-        self.stripes = int(self.rng.integers(1, 3))
+        self.palette = self.rng.uniform(0.15, 1.0, size=(size * size, 3))
+        self.stripes = self.rng.integers(2, 6, size=size * size)
         free = np.argwhere(~self.walls)
         y, x = free[self.rng.integers(len(free))]
         self.pose = Pose(x + 0.5, y + 0.5, float(self.rng.uniform(0, 2 * np.pi)))
@@ -104,7 +100,7 @@ class Maze:
         wall_height = np.minimum(n / np.maximum(perpendicular, 1e-6), 4.0 * n)
         rows = np.arange(n)[:, None] + 0.5
         on_wall = np.abs(rows - n / 2) < wall_height[None] / 2
-        stripe = (np.floor(along * self.stripes * 2) % 2)[None, :, None]
+        stripe = (np.floor(along * self.stripes[cell] * 2) % 2)[None, :, None]
         shade = (1.0 / (1.0 + 0.25 * perpendicular))[None, :, None] * np.where(vertical, 1.0, 0.75)[None, :, None]
         wall_rgb = self.palette[cell][None] * shade * (0.8 + 0.2 * stripe)
         background = np.where(rows[..., None] < n / 2, _CEILING, _FLOOR)

@@ -4,9 +4,7 @@ Context frames (clean) and noisy future frames are patchified over (frames, heig
 sequence; each frame's tokens carry a learned embedding of its role (context) or of the action that led to it
 (future), and the actions also join the timestep in the adaLN conditioning. Blocks are the DiT blocks of
 ``hero_compile.testing.dit`` (fused SDPA, adaLN-Zero). The model predicts the flow-matching velocity of the
-future frames' change from the last context frame (``anchor_frame``): copying that frame is then the model's
-starting point, and training spends its steps on the motion. Channels are RGB and disparity (as Aether
-predicts colour and depth).
+future frames. Channels are RGB and disparity (as Aether predicts colour and depth).
 """
 
 from __future__ import annotations
@@ -48,15 +46,10 @@ class WorldModelConfig:
         return asdict(self)
 
 
-def anchor_frame(context: torch.Tensor) -> torch.Tensor:
-    """The frame the future is denoised relative to: the last context frame, ``(batch, channels, 1, H, W)``."""
-    return context[:, :, -1:]
-
-
 class WorldModel(nn.Module):
     """``forward(noisy_future, context, actions, timestep)``: frames are ``(batch, channels, frames, H, W)``,
     ``actions`` ``(batch, future_frames)`` integers (``NULL_ACTION`` for none), ``timestep`` ``(batch,)`` in
-    [0, 1000]. Returns the velocity of the future frames minus ``anchor_frame(context)``."""
+    [0, 1000]. Returns the velocity of the future frames."""
 
     def __init__(self, config: WorldModelConfig = WorldModelConfig()) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ import torch
 
 from hero_compile.world.data import to_model_space
 from hero_compile.world.env import episode, random_actions
-from hero_compile.world.model import NULL_ACTION, WorldModelConfig, anchor_frame
+from hero_compile.world.model import NULL_ACTION, WorldModelConfig
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,9 +65,8 @@ def rollout(
                 unconditional = denoiser(x, context, no_action, t)
                 velocity = unconditional + guidance * (velocity - unconditional)
             x = x + float(times[i + 1] - times[i]) * velocity
-        frames = x + anchor_frame(context)
-        predicted.append(frames)
-        context = torch.cat([context, frames], dim=2)[:, :, -config.context_frames :].contiguous()
+        predicted.append(x)
+        context = torch.cat([context, x], dim=2)[:, :, -config.context_frames :].contiguous()
     return torch.cat(predicted, dim=2)
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from hero_compile.world.checkpoint import WEIGHTS_DIR, config_path, log_path, weights_path
 from hero_compile.world.data import training_batch
-from hero_compile.world.model import NULL_ACTION, WorldModel, WorldModelConfig, anchor_frame
+from hero_compile.world.model import NULL_ACTION, WorldModel, WorldModelConfig
 
 ACTION_DROPOUT = 0.1
 CONTEXT_NOISE = 0.05
@@ -29,23 +29,20 @@ CONTEXT_NOISE = 0.05
 
 def flow_matching_loss(model: WorldModel, context: torch.Tensor, future: torch.Tensor, actions: torch.Tensor,
                        generator: torch.Generator) -> torch.Tensor:
-    """Velocity regression on the straight path from the future frames' change from the anchor frame (t=0) to
-    noise (t=1).
+    """Velocity regression on the straight path from the future frames (t=0) to noise (t=1).
 
     Actions are dropped (replaced by ``NULL_ACTION``) at random so that guidance on the action works, and the
     context gets a little noise so that rollouts tolerate their own imperfect predictions as context.
     """
     b = future.shape[0]
-    context = context + CONTEXT_NOISE * torch.rand(b, 1, 1, 1, 1, generator=generator) * torch.randn(
-        context.shape, generator=generator
-    )
-    # Relative to the noisy anchor, so that the model learns to correct an imperfect context, as in rollouts.
-    future = future - anchor_frame(context)
     t = torch.sigmoid(torch.randn(b, generator=generator))
     noise = torch.randn(future.shape, generator=generator)
     noisy = (1 - t)[:, None, None, None, None] * future + t[:, None, None, None, None] * noise
     dropped = torch.rand(b, generator=generator) < ACTION_DROPOUT
     actions = torch.where(dropped[:, None], torch.full_like(actions, NULL_ACTION), actions)
+    context = context + CONTEXT_NOISE * torch.rand(b, 1, 1, 1, 1, generator=generator) * torch.randn(
+        context.shape, generator=generator
+    )
     prediction = model(noisy, context, actions, t * 1000.0)
     return F.mse_loss(prediction, noise - future)
 
