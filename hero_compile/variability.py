@@ -17,10 +17,7 @@ from typing import Any
 
 import torch
 
-SHALLOW_SHARE = 1 / 3
-"""The shallow prefix is the shortest one holding this share of the stack's total variability."""
-
-SPLIT_RULE = f"the shortest shallow prefix holding {SHALLOW_SHARE:.0%} of the stack's total variability"
+SPLIT_RULE = "the shallow prefix is the leading run of blocks whose variability is above the stack's mean"
 
 FORMAT_VERSION = 1
 
@@ -29,23 +26,22 @@ class ProfileMismatch(ValueError):
     """A saved profile was measured on another model (other blocks) than the one being compiled."""
 
 
-def split_from_variability(variability: Sequence[float], share: float = SHALLOW_SHARE) -> int:
-    """The index of the first deep block: the shortest prefix whose variability sums to at least ``share`` of
-    the total is shallow. At least one block is shallow and one deep.
+def split_from_variability(variability: Sequence[float]) -> int:
+    """The index of the first deep block, by HERO's definition: shallow blocks are those whose features change
+    fast, deep ones those whose features are stable. The shallow prefix is the leading run of blocks whose
+    variability is above the stack's mean; at least one block is shallow and one deep.
 
-    With the same variability everywhere this is the first third of the stack; when the first blocks move the
-    most (HERO's observation) the shallow prefix is shorter, and when variability grows with depth it is longer.
+    When the first blocks move the most (HERO's observation on its world model) they are the shallow ones.
+    When variability grows with depth, or is flat, only the first block is shallow and the rest extrapolated.
     """
     if len(variability) < 2:
         raise ValueError(f"a split needs at least 2 blocks, got {len(variability)}")
     if any(not math.isfinite(v) or v < 0 for v in variability):
         raise ValueError(f"variability must be finite and >= 0, got {list(variability)}")
-    target, running = share * sum(variability), 0.0
-    for index, value in enumerate(variability):
-        running += value
-        if running >= target:
-            return min(max(index + 1, 1), len(variability) - 1)
-    return len(variability) - 1
+    # Above the mean by more than rounding, so that a flat profile has no fast block.
+    threshold = sum(variability) / len(variability) * (1 + 1e-9)
+    leading = next((i for i, v in enumerate(variability) if v <= threshold), len(variability))
+    return min(max(leading, 1), len(variability) - 1)
 
 
 @dataclass(frozen=True)

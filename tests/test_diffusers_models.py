@@ -30,6 +30,11 @@ class Case:
     """``call(model, sample, timestep)``: the velocity, timestep in [0, 1000]."""
 
 
+def called_with(timestep_scale: float = 1.0, **context: Any) -> Callable[..., torch.Tensor]:
+    """``call`` for a diffusers transformer taking ``context`` (text states, masks, ids) besides the sample."""
+    return lambda m, x, t: m(hidden_states=x, timestep=t * timestep_scale, return_dict=False, **context)[0]
+
+
 def cogvideox() -> Case:
     model = diffusers.CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
@@ -37,8 +42,7 @@ def cogvideox() -> Case:
         temporal_compression_ratio=4, max_text_seq_length=6,
     )
     text = torch.randn(1, 6, 8)
-    return Case(model, torch.randn(1, 3, 4, 8, 8),
-                lambda m, x, t: m(hidden_states=x, encoder_hidden_states=text, timestep=t, return_dict=False)[0])
+    return Case(model, torch.randn(1, 3, 4, 8, 8), called_with(encoder_hidden_states=text))
 
 
 def wan() -> Case:
@@ -47,8 +51,7 @@ def wan() -> Case:
         text_dim=8, freq_dim=16, ffn_dim=32, num_layers=4, rope_max_seq_len=32,
     )
     text = torch.randn(1, 6, 8)
-    return Case(model, torch.randn(1, 4, 2, 8, 8),
-                lambda m, x, t: m(hidden_states=x, encoder_hidden_states=text, timestep=t, return_dict=False)[0])
+    return Case(model, torch.randn(1, 4, 2, 8, 8), called_with(encoder_hidden_states=text))
 
 
 def flux() -> Case:
@@ -58,8 +61,7 @@ def flux() -> Case:
     )
     context: dict[str, Any] = dict(encoder_hidden_states=torch.randn(1, 5, 8), pooled_projections=torch.randn(1, 8),
                                    img_ids=torch.randn(16, 3), txt_ids=torch.randn(5, 3))
-    return Case(model, torch.randn(1, 16, 4),
-                lambda m, x, t: m(hidden_states=x, timestep=t / 1000, return_dict=False, **context)[0])
+    return Case(model, torch.randn(1, 16, 4), called_with(timestep_scale=1e-3, **context))
 
 
 def cosmos() -> Case:
@@ -70,8 +72,7 @@ def cosmos() -> Case:
         concat_padding_mask=False, extra_pos_embed_type="learnable",
     )
     text = torch.randn(1, 5, 16)
-    return Case(model, torch.randn(1, 4, 2, 8, 8),
-                lambda m, x, t: m(hidden_states=x, encoder_hidden_states=text, timestep=t, return_dict=False)[0])
+    return Case(model, torch.randn(1, 4, 2, 8, 8), called_with(encoder_hidden_states=text))
 
 
 def hunyuan_video() -> Case:
@@ -82,8 +83,7 @@ def hunyuan_video() -> Case:
     )
     context: dict[str, Any] = dict(encoder_hidden_states=torch.randn(1, 5, 16), encoder_attention_mask=torch.ones(1, 5),
                                    pooled_projections=torch.randn(1, 8), guidance=torch.full((1,), 3000.0))
-    return Case(model, torch.randn(1, 4, 2, 4, 4),
-                lambda m, x, t: m(hidden_states=x, timestep=t, return_dict=False, **context)[0])
+    return Case(model, torch.randn(1, 4, 2, 4, 4), called_with(**context))
 
 
 def ltx_video() -> Case:
@@ -93,8 +93,7 @@ def ltx_video() -> Case:
     )
     context: dict[str, Any] = dict(encoder_hidden_states=torch.randn(1, 5, 16), encoder_attention_mask=torch.ones(1, 5),
                                    num_frames=2, height=4, width=4)
-    return Case(model, torch.randn(1, 2 * 4 * 4, 4),
-                lambda m, x, t: m(hidden_states=x, timestep=t, return_dict=False, **context)[0])
+    return Case(model, torch.randn(1, 2 * 4 * 4, 4), called_with(**context))
 
 
 def latte() -> Case:
@@ -105,8 +104,7 @@ def latte() -> Case:
         video_length=2,
     )
     text = torch.randn(1, 5, 8)
-    return Case(model, torch.randn(1, 4, 2, 8, 8),
-                lambda m, x, t: m(hidden_states=x, encoder_hidden_states=text, timestep=t, return_dict=False)[0])
+    return Case(model, torch.randn(1, 4, 2, 8, 8), called_with(encoder_hidden_states=text))
 
 
 def mochi() -> Case:
@@ -116,8 +114,7 @@ def mochi() -> Case:
         max_sequence_length=16,
     )
     context: dict[str, Any] = dict(encoder_hidden_states=torch.randn(1, 5, 16), encoder_attention_mask=torch.ones(1, 5))
-    return Case(model, torch.randn(1, 4, 2, 8, 8),
-                lambda m, x, t: m(hidden_states=x, timestep=t, return_dict=False, **context)[0])
+    return Case(model, torch.randn(1, 4, 2, 8, 8), called_with(**context))
 
 
 CASES = {"cogvideox": cogvideox, "wan": wan, "flux": flux, "cosmos": cosmos, "hunyuan_video": hunyuan_video,
