@@ -29,9 +29,9 @@ def to_markdown(report: AnalysisReport, plots: list[str] | None = None) -> str:
     if report.fallback_reason is not None:
         return "\n".join([*lines, f"**Not accelerated**: {report.fallback_reason}", ""])
     if report.split is not None:
-        lines += [f"{len(report.blocks)} blocks found. Split at block {report.split}: blocks 0 to "
-                  f"{report.split - 1} are shallow, the rest deep (extrapolated on cheap steps).", "",
-                  f"Why: {report.split_reason}.", ""]
+        shallow = "block 0 is" if report.split == 1 else f"blocks 0 to {report.split - 1} are"
+        lines += [f"{len(report.blocks)} blocks found. Split at block {report.split}: {shallow} shallow, the "
+                  "rest deep (extrapolated on cheap steps).", "", f"Why: {report.split_reason}.", ""]
     lines += ["| # | block | variability | role | on a cheap step | token axis |", "|---|---|---|---|---|---|"]
     for index, block in enumerate(report.blocks):
         variability = f"{block.variability:.4f}" if block.variability is not None else "-"
