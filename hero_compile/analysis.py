@@ -19,9 +19,9 @@ import torch.fx as fx
 from tqdm import tqdm
 
 from hero_compile.backend import HeroBackend, plan_refresh
-from hero_compile.bench.metrics import FlopCounter, alternated_medians, psnr
+from hero_compile.bench.metrics import FlopCounter, alternated_medians, count_flops, psnr
 from hero_compile.config import HeroConfig
-from hero_compile.passes.discover_blocks import Block, BlockStack, discover_blocks
+from hero_compile.passes.discover_blocks import Block, BlockStack, discover_blocks, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.stats import GraphStats
 from hero_compile.variability import SPLIT_RULE, VariabilityProfile
@@ -115,7 +115,8 @@ def analyze(
             report.fallback_reason = str(reason)
             bar.close()
             return report
-        report.blocks = [BlockReport(block.path, _refresh_verdict(gm, stack, block)) for block in stack.blocks]
+        nodes = nodes_by_name(gm.graph)
+        report.blocks = [BlockReport(block.path, _refresh_verdict(gm, stack, block, nodes)) for block in stack.blocks]
 
         try:
             _measure(report, model, sampler, config, repeats, bar)
@@ -186,9 +187,9 @@ def _capture_graph(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.
     return captured[0]
 
 
-def _refresh_verdict(gm: fx.GraphModule, stack: BlockStack, block: Block) -> str:
+def _refresh_verdict(gm: fx.GraphModule, stack: BlockStack, block: Block, nodes: dict[str, fx.Node]) -> str:
     try:
-        plan_refresh(gm, stack, block)
+        plan_refresh(gm, stack, block, nodes)
     except RewriteUnsupported as reason:
         return str(reason)
     return "refreshable"
@@ -215,12 +216,10 @@ def _first_steps(profile: VariabilityProfile, steps: int) -> VariabilityProfile:
 def _count_flops(report: AnalysisReport, model: torch.nn.Module, sampler: Sampler, config: HeroConfig) -> None:
     """FLOPs of a generation with full compute and with HERO (eager lowering, so every op is counted), and of
     each kind of call."""
-    counter = FlopCounter()
-    with counter:
-        sampler(model)
-    report.flops_generation_full = counter.total
+    report.flops_generation_full = count_flops(partial(sampler, model))
     backend = HeroBackend(config.replace(lowering="eager"))
     compiled = torch.compile(model, backend=backend, fullgraph=True)
+    counter = FlopCounter()
     per_call: dict[bool, list[int]] = {True: [], False: []}
 
     def counted(*inputs: Any) -> Any:
@@ -230,7 +229,6 @@ def _count_flops(report: AnalysisReport, model: torch.nn.Module, sampler: Sample
         return result
 
     sampler(compiled)  # the first generation compiles; the counted one runs the steady schedule
-    counter = FlopCounter()
     with counter:
         sampler(counted)
     report.flops_generation_hero = counter.total

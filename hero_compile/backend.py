@@ -225,9 +225,10 @@ def _needed_on_cheap_steps(cheap_gm: fx.GraphModule, shallow: Sequence[Block], s
     return needed
 
 
-def plan_refresh(gm: fx.GraphModule, stack: BlockStack, block: Block) -> BlockRefresh:
-    """How token refresh rewrites ``block``; raises :class:`RewriteUnsupported` with the reason it cannot."""
-    stream = _refreshed_stream(stack.stream_inputs(block, nodes_by_name(gm.graph)))
+def plan_refresh(gm: fx.GraphModule, stack: BlockStack, block: Block, nodes: dict[str, fx.Node]) -> BlockRefresh:
+    """How token refresh rewrites ``block`` (``nodes``: ``gm``'s nodes by name); raises
+    :class:`RewriteUnsupported` with the reason it cannot."""
+    stream = _refreshed_stream(stack.stream_inputs(block, nodes))
     return plan_block_refresh(block, analyze_token_axis(gm, block, stream.name), stream.name)
 
 
@@ -236,15 +237,16 @@ def _plan_refresh(
 ) -> tuple[list[BlockRefresh], tuple[int, ...] | None]:
     """Refresh plans of the shallow blocks the token-axis analysis accepts (the others run in full, with the
     reason in ``stats.refresh_skipped``), and the token grid they share."""
+    nodes = nodes_by_name(gm.graph)
     plans = []
     for block in shallow:
         try:
-            plans.append(plan_refresh(gm, stack, block))
+            plans.append(plan_refresh(gm, stack, block, nodes))
         except RewriteUnsupported as reason:
             stats.refresh_skipped[block.path] = str(reason)
     if not plans:
         return [], None
-    first_input = _refreshed_stream(stack.stream_inputs(plans[0].block, nodes_by_name(gm.graph)))
+    first_input = _refreshed_stream(stack.stream_inputs(plans[0].block, nodes))
     grid = find_token_grid(first_input, plans[0].axes.token_inputs[first_input.name].dim)
     if prod(grid) != plans[0].axes.token_count:
         grid = (plans[0].axes.token_count,)
