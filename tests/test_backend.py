@@ -23,6 +23,7 @@ from models import (
     DualStreamTransformer,
     NoStackModel,
     StackModel,
+    euler,
     make_conditioned_dit,
     psnr,
 )
@@ -55,17 +56,6 @@ def dit_noise(config: DiTConfig, batch: int = 1, seed: int = 1) -> torch.Tensor:
 def flow_matching_sample_nograd(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int) -> torch.Tensor:
     with torch.no_grad():
         return flow_matching_sample(model, noise, steps=steps)
-
-
-def euler(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *extra: torch.Tensor) -> torch.Tensor:
-    """Flow-matching Euler sampler for models called as ``model(x, *extra, timestep)``."""
-    x = noise
-    ts = torch.linspace(1.0, 0.0, steps + 1)
-    with torch.no_grad():
-        for i in range(steps):
-            t = torch.full((x.shape[0],), float(ts[i]) * 1000.0)
-            x = x + (ts[i + 1] - ts[i]).item() * model(x, *extra, t)
-    return x
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ process, calls outside a sampling loop, and errors raised by their own code."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from conftest import assert_no_recompiles, fresh_dynamo, recompile_report
@@ -19,6 +21,14 @@ DIT = DiTConfig(depth=6, hidden=32, heads=2, frames=1, height=8, width=8)
 
 def noise(batch: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.randn(batch, 4, 1, 8, 8, generator=torch.Generator().manual_seed(batch)).to(dtype)
+
+
+def stack_generation(model: Callable[..., torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """12 descending timesteps of a simple update, for :class:`StackModel` inputs ``(batch, tokens, 4)``."""
+    with torch.no_grad():
+        for step in range(12):
+            x = x - 0.05 * model(x, torch.full((1,), 1000.0 - 80.0 * step))
+    return x
 
 
 def test_inference_mode_generation_is_accelerated_in_one_graph() -> None:
@@ -66,26 +76,19 @@ def test_two_models_with_the_default_backend_keep_their_own_state() -> None:
     dit, stack = make_dit(DIT), StackModel(depth=6)
     x = torch.randn(1, 6, 4)
 
-    def stack_generation(model: torch.nn.Module) -> torch.Tensor:
-        y = x
-        with torch.no_grad():
-            for step in range(12):
-                y = y - 0.05 * model(y, torch.full((1,), 1000.0 - 80.0 * step))
-        return y
-
     def interleaved() -> tuple[torch.Tensor, torch.Tensor]:
         compiled_dit = torch.compile(dit, backend="hero", options={"lowering": "aot_eager"}, fullgraph=True)
         compiled_stack = torch.compile(stack, backend="hero", options={"lowering": "aot_eager"}, fullgraph=True)
         with torch.no_grad():
             first = flow_matching_sample(compiled_dit, noise(), 12)
-        return first, stack_generation(compiled_stack)
+        return first, stack_generation(compiled_stack, x)
 
     def alone() -> tuple[torch.Tensor, torch.Tensor]:
         fresh_dynamo()
         with torch.no_grad():
             first = flow_matching_sample(torch.compile(dit, backend=HeroBackend(AOT), fullgraph=True), noise(), 12)
         fresh_dynamo()
-        return first, stack_generation(torch.compile(stack, backend=HeroBackend(AOT), fullgraph=True))
+        return first, stack_generation(torch.compile(stack, backend=HeroBackend(AOT), fullgraph=True), x)
 
     graphs_before = len(hero_compile.stats().graphs)
     together = interleaved()
@@ -139,16 +142,8 @@ def test_max_autotune_mode_compiles_every_variant_and_accelerates() -> None:
     backend = HeroBackend()  # Inductor lowering: the mode's config patches reach every variant
     compiled = torch.compile(model, backend=backend, mode="max-autotune-no-cudagraphs", fullgraph=True)
     x = torch.randn(1, 6, 4)
-
-    def generation(denoiser: torch.nn.Module) -> torch.Tensor:
-        y = x
-        with torch.no_grad():
-            for step in range(12):
-                y = y - 0.05 * denoiser(y, torch.full((1,), 1000.0 - 80.0 * step))
-        return y
-
-    results = [generation(compiled) for _ in range(2)]
+    results = [stack_generation(compiled, x) for _ in range(2)]
     assert_no_recompiles(recompile_report())
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_steps > 0
-    assert all(psnr(result, generation(model)) > 30 for result in results)
+    assert all(psnr(result, stack_generation(model, x)) > 30 for result in results)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from models import DualStreamTransformer, NoStackModel
+from models import DualStreamTransformer, NoStackModel, euler
 from PIL import Image
 
 import hero_compile
@@ -24,14 +24,6 @@ from hero_compile.variability import split_from_variability
 
 AOT = HeroConfig(lowering="aot_eager")
 DIT6 = DiTConfig(depth=6, hidden=32, heads=2, frames=1, height=8, width=8)
-
-
-def euler(model: Callable[..., torch.Tensor], x: torch.Tensor, steps: int, *extra: torch.Tensor) -> torch.Tensor:
-    times = torch.linspace(1.0, 0.0, steps + 1)
-    with torch.no_grad():
-        for i in range(steps):
-            x = x + float(times[i + 1] - times[i]) * model(x, *extra, torch.full((x.shape[0],), 1000.0 * times[i]))
-    return x
 
 
 def eager_variability(model: torch.nn.Module, blocks: torch.nn.ModuleList, run: Callable[[], Any]) -> torch.Tensor:
