@@ -72,6 +72,10 @@ class HeroBackend:
         for runtime in self._runtimes.values():
             runtime.reset()
 
+    def cache_bytes(self) -> int:
+        """Memory the caches of every graph this backend compiled hold now."""
+        return sum(runtime.cache_bytes() for runtime in self._runtimes.values())
+
     def profiles(self) -> dict[int, VariabilityProfile]:
         """The variability profile of each graph that has one (measured or loaded), by graph id."""
         return {graph_id: r.profile for graph_id, r in self._runtimes.items() if r.profile is not None}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     analyze.add_argument("--repeats", type=int, default=3, help="timed generations per method (median)")
     analyze.add_argument("--lowering", choices=("inductor", "aot_eager", "eager"), default="inductor",
                          help="how both plain and hero are compiled for the timing")
-    bench = commands.add_parser("bench", help="hero vs plain Inductor on the benchmark DiT")
-    bench.add_argument("--quick", action="store_true", help="a small model and few steps, for a smoke run")
-    bench.add_argument("--json", type=Path, help="write the figures to this file")
+    bench = commands.add_parser("bench", help="hero against full compute and the known caching methods")
+    bench.add_argument("--models", default="world,dit", help="comma-separated: world, dit")
+    bench.add_argument("--quick", action="store_true",
+                       help="small models, few steps, fewer settings, aot_eager lowering: a smoke run of minutes")
+    bench.add_argument("--lowering", choices=("inductor", "aot_eager", "eager"),
+                       help="how every method is compiled (default inductor; aot_eager with --quick)")
+    bench.add_argument("--repeats", type=int, help="timed generations per method (median; default 3, 1 with --quick)")
+    bench.add_argument("--out", type=Path, default=Path("hero-bench"),
+                       help="folder for benchmarks.md, benchmarks.json and pareto.png")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
     if args.command == "analyze":
         return _analyze(args)
-    return _bench(quick=args.quick, json_path=args.json)
+    return _bench(args, " ".join(sys.argv[1:] if argv is None else argv))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -89,17 +94,16 @@ def _analysis_target(target: str, steps: int) -> tuple[Any, Any, Any]:
     return (*made, None) if len(made) == 2 else made
 
 
-def _bench(quick: bool, json_path: Path | None) -> int:
-    from hero_compile.bench.speed import compare_on_dit
-    from hero_compile.config import HeroConfig
-    from hero_compile.testing.dit import DiTConfig
+def _bench(args: argparse.Namespace, command_line: str) -> int:
+    from hero_compile.bench.methods import Lowering
+    from hero_compile.bench.suite import run_suite
 
-    model = DiTConfig(hidden=64, heads=2, frames=1, height=16, width=16) if quick else DiTConfig()
-    [result] = compare_on_dit({"defaults": HeroConfig()}, model, steps=10 if quick else 20, repeats=1 if quick else 3)
-    for key in ("speedup", "flop_speedup", "efficiency", "psnr_vs_full"):
-        print(f"{key:>14}: {result[key]:.3f}")
-    if json_path:
-        json_path.write_text(json.dumps(result, indent=2))
+    lowering: Lowering = args.lowering or ("aot_eager" if args.quick else "inductor")
+    repeats = args.repeats or (1 if args.quick else 3)
+    run_suite(args.models.split(","), args.out, quick=args.quick, lowering=lowering, repeats=repeats,
+              command=f"hero-compile {command_line}")
+    print((args.out / "benchmarks.md").read_text())
+    print(f"written to {args.out} (benchmarks.md, benchmarks.json, pareto.png)")
     return 0
 
 

@@ -190,6 +190,14 @@ class HeroRuntime:
         """Forget the current generation, its caches and the schedule learned from earlier ones."""
         self.state = self._new_state()
 
+    def cache_bytes(self) -> int:
+        """Memory the current generation's caches hold (extrapolation history and refresh caches)."""
+        return sum(
+            tensor.nbytes
+            for cache in self.state.caches.values()
+            for tensor in [*(f for _, features in cache.history for f in features), *cache.refresh_caches]
+        )
+
     def __call__(self, *inputs: Any) -> Any:
         timestep = float(inputs[self.roles.timestep_index].reshape(-1)[0])
         new_generation = self.state.advance(timestep)

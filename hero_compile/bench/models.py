@@ -1,0 +1,85 @@
+"""The models the benchmark runs: each with its sampler (one whole generation) and its quality metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
+
+Metrics = Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
+
+
+@dataclass
+class BenchModel:
+    name: str
+    description: str
+    model: nn.Module
+    generate: Callable[[Callable[..., Any]], torch.Tensor]
+    """One whole generation with the given denoiser in place of the model."""
+    depth: int
+    calls_per_step: int
+    metrics: Metrics
+    """``(PSNR, SSIM)`` of an output against a reference output."""
+    ground_truth: torch.Tensor | None = None
+
+
+def latent_metrics(estimate: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """PSNR and SSIM of ``(batch, channels, frames, H, W)`` latents, frame by frame, over the reference's range."""
+    def frames(x: torch.Tensor) -> torch.Tensor:
+        return x.float().transpose(1, 2).flatten(0, 1)
+
+    value_range = float(reference.max() - reference.min())
+    psnr = peak_signal_noise_ratio(frames(estimate), frames(reference), data_range=value_range)
+    ssim = structural_similarity_index_measure(frames(estimate), frames(reference), data_range=value_range)
+    assert isinstance(ssim, torch.Tensor)
+    return float(psnr), float(ssim)
+
+
+def benchmark_dit(quick: bool = False, steps: int = 20) -> BenchModel:
+    """The benchmark DiT (12 blocks, 1024 tokens), or a 4-block 64-token one with ``quick``."""
+    config = DiTConfig(hidden=64, heads=2, depth=4, frames=1, height=16, width=16) if quick else DiTConfig()
+    model = make_dit(config)
+    noise = torch.randn(1, config.channels, config.frames, config.height, config.width,
+                        generator=torch.Generator().manual_seed(0))
+    return BenchModel(
+        name="dit",
+        description=f"benchmark DiT: {config.depth} blocks, hidden {config.hidden}, {config.tokens} tokens, "
+        f"{steps} Euler steps of rectified flow",
+        model=model,
+        generate=lambda denoiser: flow_matching_sample(denoiser, noise, steps),
+        depth=config.depth,
+        calls_per_step=1,
+        metrics=latent_metrics,
+    )
+
+
+def world_model(quick: bool = False, weights: Path | None = None) -> BenchModel:
+    """The bundled world model rolling out held-out mazes with guidance (two calls per step)."""
+    from hero_compile.world.checkpoint import WEIGHTS_DIR, load_world_model
+    from hero_compile.world.data import HELD_OUT_SEEDS
+    from hero_compile.world.demo import psnr, ssim
+    from hero_compile.world.rollout import rollout_scenarios, scenario
+
+    seeds, chunks, steps = (1, 1, 10) if quick else (2, 2, 30)
+    model = load_world_model(weights or WEIGHTS_DIR)
+    config = model.config
+    scenarios = [scenario(seed, chunks, config) for seed in HELD_OUT_SEEDS[:seeds]]
+    truth = torch.stack([s.frames[:, config.context_frames :] for s in scenarios])
+    return BenchModel(
+        name="world",
+        description=f"bundled world model: {seeds} held-out mazes, {chunks} chunks of {config.future_frames} "
+        f"frames, {steps} steps per chunk, guidance 3 (two calls per step)",
+        model=model,
+        generate=lambda denoiser: rollout_scenarios(denoiser, scenarios, config, steps, guidance=3.0),
+        depth=config.depth,
+        calls_per_step=2,
+        metrics=lambda estimate, reference: (psnr(estimate, reference), ssim(estimate, reference)),
+        ground_truth=truth,
+    )

@@ -1,0 +1,47 @@
+"""``hero-compile bench``: every method on every benchmark model, written as a table, JSON rows and a plot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hero_compile.bench.harness import run_benchmark
+from hero_compile.bench.host_caches import duca, first_block_cache, toca
+from hero_compile.bench.methods import Lowering, Method, delta_dit, fora, hero_settings, taylorseer
+from hero_compile.bench.models import BenchModel, benchmark_dit, world_model
+from hero_compile.bench.tables import markdown, write_json, write_pareto_plot
+
+MODELS: dict[str, Callable[..., BenchModel]] = {"world": world_model, "dit": benchmark_dit}
+
+
+def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
+    """HERO at several intervals and each baseline at the settings its papers recommend and one faster one."""
+    if quick:
+        return [*hero_settings((2, 3)), fora(2), taylorseer(1, 3), delta_dit(bench.depth, 2),
+                first_block_cache(0.1), toca(0.25, 3), duca(0.25, 3)]
+    return [
+        *hero_settings((2, 3, 4, 6)),
+        fora(2), fora(3),
+        taylorseer(1, 3), taylorseer(2, 3), taylorseer(1, 5),
+        delta_dit(bench.depth, 2), delta_dit(bench.depth, 3),
+        first_block_cache(0.05), first_block_cache(0.15),
+        toca(0.25, 3), toca(0.1, 5),
+        duca(0.25, 3), duca(0.1, 5),
+    ]
+
+
+def run_suite(models: list[str], out: Path, quick: bool = False, lowering: Lowering = "inductor",
+              repeats: int = 3, command: str = "hero-compile bench") -> list[dict[str, Any]]:
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown benchmark model(s) {unknown}; choose from {sorted(MODELS)}")
+    rows: list[dict[str, Any]] = []
+    for name in models:
+        bench = MODELS[name](quick=quick)
+        rows += run_benchmark(bench, default_methods(bench, quick), lowering=lowering, repeats=repeats)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(rows, out / "benchmarks.json")
+    (out / "benchmarks.md").write_text(markdown(rows, command))
+    write_pareto_plot(rows, out / "pareto.png")
+    return rows

@@ -1,0 +1,180 @@
+"""The benchmark: each baseline's invariants, the Pareto verdicts, the JSON rows and a ``--quick`` run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from models import euler
+from torch import nn
+
+from hero_compile.bench.harness import run_benchmark
+from hero_compile.bench.host_caches import duca, first_block_cache, toca
+from hero_compile.bench.methods import BuildOptions, Method, fora, full_compute, hero_settings, taylorseer
+from hero_compile.bench.models import BenchModel, latent_metrics
+from hero_compile.bench.tables import matched_quality, pareto_front
+from hero_compile.cli import main
+from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
+
+OPTIONS = BuildOptions("aot_eager", fullgraph=False, calls_per_step=1)
+SMALL_DIT = DiTConfig(hidden=32, heads=2, depth=3, frames=1, height=8, width=8)
+
+
+def generate(method: Method, model: nn.Module, steps: int = 8) -> torch.Tensor:
+    candidate = method.build(model, OPTIONS)
+    noise = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return flow_matching_sample(candidate.denoiser, noise, steps)
+
+
+@pytest.fixture(scope="module")
+def dit() -> nn.Module:
+    return make_dit(SMALL_DIT)
+
+
+@pytest.fixture(scope="module")
+def full_output(dit: nn.Module) -> torch.Tensor:
+    return generate(full_compute(), dit)
+
+
+@pytest.mark.parametrize("method", [fora(1), toca(1.0, 3), duca(1.0, 2), first_block_cache(0.0)],
+                         ids=lambda m: m.name)
+def test_baseline_at_its_exact_setting_equals_full_compute(method: Method, dit: nn.Module,
+                                                           full_output: torch.Tensor) -> None:
+    """FORA at interval 1 computes every step; ToCa and DuCa at ratio 1.0 recompute every token (DuCa's
+    aggressive steps aside: interval 2 has none); FBCache with threshold 0 never skips."""
+    torch.testing.assert_close(generate(method, dit), full_output, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", [fora(3), toca(0.25, 3), duca(0.25, 3), first_block_cache(10.0)],
+                         ids=lambda m: m.name)
+def test_baseline_at_a_fast_setting_differs_from_full_compute(method: Method, dit: nn.Module,
+                                                              full_output: torch.Tensor) -> None:
+    assert not torch.allclose(generate(method, dit), full_output, atol=1e-4)
+
+
+class LinearFeatureBlock(nn.Module):
+    """A block whose residual is a fixed linear function of the conditioning, itself linear in the timestep:
+    every block's feature, and so the stack's residual, is linear in t."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return h + self.lin(cond)[:, None]
+
+
+class LinearFeatureModel(nn.Module):
+    def __init__(self, width: int = 8, depth: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(width, width)
+        self.direction = nn.Parameter(torch.randn(width))
+        self.blocks = nn.ModuleList(LinearFeatureBlock(width) for _ in range(depth))
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        cond = (timestep / 1000.0)[:, None] * self.direction
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.out(h)
+
+
+def test_taylorseer_order_1_is_exact_on_features_linear_in_the_timestep() -> None:
+    model = LinearFeatureModel().eval()
+    noise = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
+    candidate = taylorseer(1, 4).build(model, OPTIONS)
+    forecast = euler(candidate.denoiser, noise, 12)
+    torch.testing.assert_close(forecast, euler(model, noise, 12), atol=1e-4, rtol=1e-4)
+    order_0 = euler(fora(4).build(model, OPTIONS).denoiser, noise, 12)
+    assert not torch.allclose(order_0, euler(model, noise, 12), atol=1e-2)  # the forecast did the work
+
+
+_ROW = st.fixed_dictionaries({
+    "speedup": st.floats(0.5, 5.0), "psnr_vs_full": st.floats(10.0, 60.0),
+    "family": st.sampled_from(["hero", "FORA", "ToCa"]),
+})
+
+
+@given(st.lists(_ROW, min_size=1, max_size=8))
+def test_pareto_front_members_are_undominated_and_the_rest_dominated(raw: list[dict[str, Any]]) -> None:
+    rows = [{**r, "method": f"m{i}", "identical_to_full": False} for i, r in enumerate(raw)]
+    front = pareto_front(rows)
+    assert front
+
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return (a["speedup"] >= b["speedup"] and a["psnr_vs_full"] >= b["psnr_vs_full"]
+                and (a["speedup"], a["psnr_vs_full"]) != (b["speedup"], b["psnr_vs_full"]))
+
+    for row in rows:
+        assert (row["method"] in front) == (not any(dominates(o, row) for o in rows))
+    for peer, hero in matched_quality(rows).items():
+        peer_row = next(r for r in rows if r["method"] == peer)
+        if hero is not None:
+            hero_row = next(r for r in rows if r["method"] == hero)
+            assert hero_row["speedup"] >= peer_row["speedup"]
+            assert hero_row["psnr_vs_full"] >= peer_row["psnr_vs_full"] - 0.5
+
+
+def tiny_bench() -> BenchModel:
+    model = make_dit(SMALL_DIT)
+    noise = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return BenchModel("tiny", "tiny DiT", model, lambda d: flow_matching_sample(d, noise, 8), SMALL_DIT.depth, 1,
+                      latent_metrics)
+
+
+REQUIRED = {"model": str, "method": str, "speedup": float, "psnr_vs_full": (float, type(None)),
+            "ssim_vs_full": (float, type(None)), "flop_speedup": float, "graphs": int, "recompiles": int,
+            "fullgraph_ok": bool, "graph_breaks": int, "peak_cache_mib": float, "identical_to_full": bool}
+
+
+@pytest.fixture(scope="module")
+def tiny_rows() -> list[dict[str, Any]]:
+    methods = [*hero_settings((3,)), fora(2), first_block_cache(0.05), toca(0.5, 3)]
+    return run_benchmark(tiny_bench(), methods, lowering="aot_eager", repeats=1, threads=1, progress=False)
+
+
+def test_rows_have_the_schema_and_full_compute_is_the_reference(tiny_rows: list[dict[str, Any]]) -> None:
+    assert tiny_rows[0]["method"] == "full"
+    for row in tiny_rows:
+        for key, kind in REQUIRED.items():
+            assert isinstance(row[key], kind), (row["method"], key, row[key])
+    full = tiny_rows[0]
+    assert full["speedup"] == 1.0 and full["flop_speedup"] == 1.0 and full["identical_to_full"]
+    json.dumps(tiny_rows, allow_nan=False)
+
+
+def test_rows_record_compile_behaviour(tiny_rows: list[dict[str, Any]]) -> None:
+    rows = {r["method"]: r for r in tiny_rows}
+    for name in ("full", "hero interval=3", "FORA N=2"):  # in-graph methods: one graph, no breaks
+        assert rows[name]["fullgraph_ok"] and rows[name]["graphs"] == 1 and rows[name]["graph_breaks"] == 0
+        assert rows[name]["recompiles"] == 0
+    for name in ("FBCache r=0.05", "ToCa 50% N=3"):  # host-side decisions break the graph
+        assert not rows[name]["fullgraph_ok"] and "disable" in rows[name]["fullgraph_error"]
+        assert rows[name]["graph_breaks"] >= 1
+    assert rows["hero interval=3"]["flop_speedup"] > 1.5 and rows["hero interval=3"]["peak_cache_mib"] > 0
+    assert rows["ToCa 50% N=3"]["psnr_vs_full"] > 30.0
+
+
+def test_quick_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
+    assert main(["bench", "--quick", "--models", "dit", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert {r["family"] for r in rows} >= {"full", "hero", "FORA", "TaylorSeer O1", "Delta-DiT", "FBCache", "ToCa",
+                                           "DuCa"}
+    assert all(isinstance(r[key], REQUIRED[key]) for r in rows for key in REQUIRED)
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "benchmarks.md").read_text()
+    assert "## dit" in table and "Pareto front" in table and "hero-compile bench --quick" in table
+
+
+def test_unknown_bench_model_is_an_error_naming_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown benchmark model.*'dit', 'world'"):
+        main(["bench", "--models", "sdxl", "--out", str(tmp_path)])
+
