@@ -126,8 +126,8 @@ def test_pareto_front_members_are_undominated_and_the_rest_dominated(raw: list[d
 def tiny_bench() -> BenchModel:
     model = make_dit(SMALL_DIT)
     noise = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    return BenchModel("tiny", "tiny DiT", model, lambda d: flow_matching_sample(d, noise, 8), SMALL_DIT.depth, 1,
-                      latent_metrics)
+    return BenchModel("tiny", "tiny DiT", model, lambda d: flow_matching_sample(d, noise, 8), SMALL_DIT.depth, 8,
+                      1, latent_metrics)
 
 
 REQUIRED = {"model": str, "method": str, "speedup": float, "psnr_vs_full": (float, type(None)),

@@ -39,6 +39,9 @@ def run_benchmark(bench: BenchModel, methods: list[Method], lowering: Lowering =
 def _run(bench: BenchModel, methods: list[Method], lowering: Lowering, repeats: int, threads: int, progress: bool
          ) -> list[dict[str, Any]]:
     methods = [full_compute(), *(m for m in methods if m.name != REFERENCE)]
+    # Start from a clean Dynamo: code objects it marked to skip while tracing hook-wrapped copies of the model
+    # (compiler.disable regions) would otherwise break the graphs of the methods compiled after them.
+    torch._dynamo.reset()
     options = BuildOptions(lowering, fullgraph=False, calls_per_step=bench.calls_per_step)
     outputs: dict[str, torch.Tensor] = {}
     bar = tqdm(total=len(methods) * (2 + repeats), desc=f"bench {bench.name}", unit="generation", disable=not progress)

@@ -24,6 +24,8 @@ class BenchModel:
     generate: Callable[[Callable[..., Any]], torch.Tensor]
     """One whole generation with the given denoiser in place of the model."""
     depth: int
+    steps: int
+    """Denoising steps of one sampling loop (a world-model rollout runs one loop per chunk)."""
     calls_per_step: int
     metrics: Metrics
     """``(PSNR, SSIM)`` of an output against a reference output."""
@@ -55,6 +57,7 @@ def benchmark_dit(quick: bool = False, steps: int = 20) -> BenchModel:
         model=model,
         generate=lambda denoiser: flow_matching_sample(denoiser, noise, steps),
         depth=config.depth,
+        steps=steps,
         calls_per_step=1,
         metrics=latent_metrics,
     )
@@ -79,7 +82,58 @@ def world_model(quick: bool = False, weights: Path | None = None) -> BenchModel:
         model=model,
         generate=lambda denoiser: rollout_scenarios(denoiser, scenarios, config, steps, guidance=3.0),
         depth=config.depth,
+        steps=steps,
         calls_per_step=2,
         metrics=lambda estimate, reference: (psnr(estimate, reference), ssim(estimate, reference)),
         ground_truth=truth,
+    )
+
+
+def smooth_time_embedding(model: Any, steps: int, max_change: float = 0.1) -> None:
+    """Zero the timestep-embedding inputs that change by more than ``max_change`` per step of a ``steps``-step
+    schedule. Random weights read every sinusoid, and the fast ones decorrelate the conditioning from one step
+    to the next; a trained model's features drift smoothly, which is what caching methods rely on."""
+    timesteps = torch.linspace(1000.0, 0.0, steps + 1)
+    with torch.no_grad():
+        sinusoids = model.time_proj(timesteps)
+        change = (sinusoids[1:] - sinusoids[:-1]).abs().mean(dim=0)
+        model.time_embedding.linear_1.weight[:, change > max_change] = 0.0
+
+
+def cogvideox(quick: bool = False, steps: int = 30) -> BenchModel:
+    """diffusers' CogVideoX (the architecture of the Aether world model) built small, with diffusers' random
+    initialisation made to drift smoothly between steps (:func:`smooth_time_embedding`)."""
+    import diffusers
+
+    steps = 10 if quick else steps
+    layers, frames, side = (4, 2, 8) if quick else (8, 4, 32)
+    torch.manual_seed(0)
+    model: Any = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=64,
+        text_embed_dim=32, num_layers=layers, sample_width=side, sample_height=side,
+        sample_frames=4 * (frames - 1) + 1, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
+    )
+    model.eval()
+    smooth_time_embedding(model, steps)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, frames, 4, side, side, generator=generator)
+    text = torch.randn(1, 16, 32, generator=generator)
+
+    def generate(denoiser: Callable[..., Any]) -> torch.Tensor:
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return denoiser(hidden_states=x, encoder_hidden_states=text, timestep=t, return_dict=False)[0]
+
+        return flow_matching_sample(velocity, noise, steps)
+
+    tokens = frames * (side // 2) ** 2
+    return BenchModel(
+        name="cogvideox",
+        description=f"diffusers CogVideoXTransformer3DModel: {layers} blocks, inner dim 64, {tokens} video + 16 "
+        f"text tokens, smoothly drifting random weights, {steps} Euler steps of rectified flow",
+        model=model,
+        generate=generate,
+        depth=layers,
+        steps=steps,
+        calls_per_step=1,
+        metrics=lambda estimate, reference: latent_metrics(estimate.transpose(1, 2), reference.transpose(1, 2)),
     )

@@ -9,14 +9,22 @@ from typing import Any
 from hero_compile.bench.harness import run_benchmark
 from hero_compile.bench.host_caches import duca, first_block_cache, toca
 from hero_compile.bench.methods import Lowering, Method, delta_dit, fora, hero_settings, taylorseer
-from hero_compile.bench.models import BenchModel, benchmark_dit, world_model
+from hero_compile.bench.models import BenchModel, benchmark_dit, cogvideox, world_model
 from hero_compile.bench.tables import markdown, write_json, write_pareto_plot
 
-MODELS: dict[str, Callable[..., BenchModel]] = {"world": world_model, "dit": benchmark_dit}
+MODELS: dict[str, Callable[..., BenchModel]] = {"world": world_model, "dit": benchmark_dit, "cogvideox": cogvideox}
 
 
 def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
-    """HERO at several intervals and each baseline at the settings its papers recommend and one faster one."""
+    """HERO at several intervals and each baseline at the settings its papers recommend and one faster one.
+
+    The host-side baselines (FBCache, ToCa, DuCa) are written for the DiT blocks of our own models; on the
+    diffusers model, diffusers' own hooks take their place."""
+    if bench.name == "cogvideox":
+        from hero_compile.bench.diffusers_hooks import diffusers_hook_methods
+
+        return [*hero_settings((2, 3) if quick else (2, 3, 4, 6)), fora(2), taylorseer(1, 3),
+                delta_dit(bench.depth, 2), *diffusers_hook_methods(bench, bench.steps)]
     if quick:
         return [*hero_settings((2, 3)), fora(2), taylorseer(1, 3), delta_dit(bench.depth, 2),
                 first_block_cache(0.1), toca(0.25, 3), duca(0.25, 3)]
