@@ -134,6 +134,7 @@ def _build_runtime(
     stats.timestep_input = _placeholders(gm)[timestep_index].name
     stack = discover_blocks(gm)
     stats.blocks = stack.paths
+    stats.tail_blocks = list(stack.tail_paths)
     compile_variant = partial(lower, lowering=config.lowering, inductor_options=inductor_options)
     build = partial(_build_variants, gm, stack, config, compile_variant, stats, example_inputs)
 

@@ -14,6 +14,8 @@ class GraphStats:
     Attributes:
         graph_id: order in which the backend received the graph (0 first).
         blocks: module paths of the block stack found, empty if none.
+        tail_blocks: module paths of the blocks of the stacks that run after it (Flux's single-stream blocks
+            after its dual-stream ones); they are skipped with the deep blocks on cheap steps.
         split: index of the first extrapolated (deep) block; equal to ``len(blocks)`` when nothing is deep;
             ``None`` while the variability profile that decides it is being measured.
         split_reason: how the split was chosen (configured, read from a profile file, or measured).
@@ -30,6 +32,7 @@ class GraphStats:
 
     graph_id: int
     blocks: list[str] = field(default_factory=list)
+    tail_blocks: list[str] = field(default_factory=list)
     split: int | None = None
     split_reason: str | None = None
     variability: list[float] = field(default_factory=list)

@@ -128,10 +128,33 @@ class JointBlock(nn.Module):
         return hidden_states + ff_h, encoder_hidden_states + ff_e
 
 
+class SingleStreamBlock(nn.Module):
+    """Flux's single-stream block: attention and MLP side by side on the joined text and video tokens."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Linear(hidden, 3 * hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.mlp = nn.Linear(hidden, 2 * hidden)
+        self.out = nn.Linear(3 * hidden, hidden)
+
+    def forward(self, joint: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(F.silu(temb)).chunk(3, dim=-1)
+        h = self.norm(joint) * (1 + scale[:, None]) + shift[:, None]
+        b, n, d = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        mixed = torch.cat([attn, F.gelu(self.mlp(h), approximate="tanh")], dim=-1)
+        return joint + gate[:, None] * self.out(mixed)
+
+
 class DualStreamTransformer(nn.Module):
     """``x: (batch, tokens, channels)`` video latents, ``encoder_hidden_states: (batch, text_tokens, text_dim)``.
 
     ``joint_final`` makes the postlude read both streams (two values leave the stack instead of one).
+    ``single_depth`` adds a Flux-style tail: the streams are joined, then run through single-stream blocks.
     """
 
     def __init__(
@@ -143,6 +166,7 @@ class DualStreamTransformer(nn.Module):
         text_dim: int = 8,
         seed: int = 0,
         joint_final: bool = False,
+        single_depth: int = 0,
     ) -> None:
         super().__init__()
         torch.manual_seed(seed)
@@ -152,6 +176,7 @@ class DualStreamTransformer(nn.Module):
         self.text_proj = nn.Linear(text_dim, hidden)
         self.time_embedding = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.transformer_blocks = nn.ModuleList(JointBlock(hidden, heads) for _ in range(depth))
+        self.single_transformer_blocks = nn.ModuleList(SingleStreamBlock(hidden, heads) for _ in range(single_depth))
         self.norm_final = nn.LayerNorm(hidden)
         self.proj_out = nn.Linear(hidden, channels)
         self.eval()
@@ -162,6 +187,12 @@ class DualStreamTransformer(nn.Module):
         encoder_hidden_states = self.text_proj(encoder_hidden_states)
         for block in self.transformer_blocks:
             hidden_states, encoder_hidden_states = block(hidden_states, encoder_hidden_states, temb)
+        if len(self.single_transformer_blocks):
+            text_len = encoder_hidden_states.shape[1]
+            joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+            for single in self.single_transformer_blocks:
+                joint = single(joint, temb)
+            encoder_hidden_states, hidden_states = joint[:, :text_len], joint[:, text_len:]
         if self.joint_final:  # CogVideoX-5B: the final norm sees both streams, then the text tokens are dropped
             text_len = encoder_hidden_states.shape[1]
             hidden_states = self.norm_final(torch.cat([encoder_hidden_states, hidden_states], dim=1))[:, text_len:]

@@ -340,13 +340,16 @@ def test_alike_shapes_run_correctly(name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "joint_final",
-    [False, True],
-    ids=["video_out", "joint_out"],
-)
-def test_dual_stream_model(joint_final: bool) -> None:
-    model = DualStreamTransformer(depth=6, joint_final=joint_final)
+DUAL_STREAM_VARIANTS = {
+    "video_out": {},
+    "joint_out": {"joint_final": True},
+    "single_stream_tail": {"single_depth": 3},  # Flux: dual-stream blocks, then single-stream ones
+}
+
+
+@pytest.mark.parametrize("variant", DUAL_STREAM_VARIANTS.values(), ids=DUAL_STREAM_VARIANTS.keys())
+def test_dual_stream_model(variant: dict[str, Any]) -> None:
+    model = DualStreamTransformer(depth=6, **variant)
     noise = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(5))
     text = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(6))
     reference = euler(model, noise, 20, text)
@@ -360,17 +363,18 @@ def test_dual_stream_model(joint_final: bool) -> None:
     result = euler(torch.compile(model, backend=backend, fullgraph=True), noise, 20, text)
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_steps > 0
-    assert len(graph.blocks) == 6
+    assert len(graph.blocks) == 6 and len(graph.tail_blocks) == variant.get("single_depth", 0)
     # the streams leaving the deep segment: the video stream, plus the text stream when the postlude reads it
-    assert len(graph.deep_streams) == (2 if joint_final else 1)
+    assert len(graph.deep_streams) == (2 if variant.get("joint_final") else 1)
     assert psnr(result, reference) >= 30.0
 
 
-@pytest.mark.parametrize("joint_final", [False, True], ids=["video_out", "joint_out"])
-def test_dual_stream_cheap_step_repeats_last_full_output(joint_final: bool) -> None:
+@pytest.mark.parametrize("variant", DUAL_STREAM_VARIANTS.values(), ids=DUAL_STREAM_VARIANTS.keys())
+def test_dual_stream_cheap_step_repeats_last_full_output(variant: dict[str, Any]) -> None:
     """Order 0, output target: every stream leaving the deep segment is the last full step's, and the postlude
-    does not read the timestep, so a cheap step's output is the last full step's output exactly."""
-    model = DualStreamTransformer(depth=4, joint_final=joint_final)
+    does not read the timestep, so a cheap step's output is the last full step's output exactly (a tail that
+    still ran would see the new timestep)."""
+    model = DualStreamTransformer(depth=4, **variant)
     noise = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(5))
     text = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(6))
     backend = HeroBackend(AOT.replace(extrapolation_order=0, cache_target="output", split=1))
@@ -379,6 +383,19 @@ def test_dual_stream_cheap_step_repeats_last_full_output(joint_final: bool) -> N
     calls = recorder.take()
     assert any(not c.full for c in calls)
     assert_cheap_calls_repeat_last_full(calls)
+
+
+def test_single_stream_tail_with_residual_caching_accelerates() -> None:
+    """With residual caching each stream leaving the tail is predicted as the deep segment's input of the same
+    shape plus an extrapolated residual; one graph, cheap steps, close to full compute."""
+    model = DualStreamTransformer(depth=4, single_depth=3)
+    noise = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(5))
+    text = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(6))
+    backend = HeroBackend(AOT.replace(cache_target="residual", split=2))
+    result = euler(torch.compile(model, backend=backend, fullgraph=True), noise, 20, text)
+    (graph,) = backend.stats().graphs
+    assert graph.accelerated and graph.cheap_steps > 0 and len(graph.tail_blocks) == 3
+    assert psnr(result, euler(model, noise, 20, text)) >= 30.0
 
 
 def test_batch_size_change_recompiles_to_a_dynamic_graph_that_accelerates() -> None:

@@ -51,9 +51,9 @@ def check_stack_invariants(gm: fx.GraphModule, stack: BlockStack, depth: int, co
         assert block.nodes
         for name in block.nodes:
             assert in_module(nodes[name], block.path), (name, block.path, module_paths(nodes[name]))
-    # prelude, blocks and postlude partition the computing nodes, in graph order
+    # prelude, blocks, tail and postlude partition the computing nodes, in graph order
     order = [n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
-    assert [*stack.prelude, *(n for b in stack.blocks for n in b.nodes), *stack.postlude] == order
+    assert [*stack.prelude, *(n for b in stack.blocks for n in b.nodes), *stack.tail, *stack.postlude] == order
     # every stream slot of a block reads a value computed by the block just before it
     for earlier, later in zip(stack.blocks, stack.blocks[1:]):
         for slot in stack.stream_slots:
@@ -90,6 +90,22 @@ def test_dual_stream_blocks_pass_two_streams() -> None:
     for block in stack.blocks[:-1]:
         assert len(block.outputs) == 2
     assert len(stack.blocks[-1].outputs) == 1
+
+
+def test_a_stack_of_another_structure_after_the_first_is_its_tail() -> None:
+    # Eight single-stream blocks hold more nodes than the three dual-stream ones (as in Flux and HunyuanVideo):
+    # the stack is still the first one, and the single-stream blocks its tail.
+    model = DualStreamTransformer(depth=3, single_depth=8)
+    gm = capture_graph(model, torch.randn(1, 16, 4), torch.randn(1, 5, 8), torch.tensor([500.0]))
+    stack = discover_blocks(gm)
+    check_stack_invariants(gm, stack, 3, "transformer_blocks")
+    assert list(stack.tail_paths) == [f"single_transformer_blocks.{i}" for i in range(8)]
+    nodes = nodes_by_name(gm.graph)
+    assert any(nodes[n].target is torch.cat for n in stack.tail)  # the glue joining the streams
+    assert not any(in_module(nodes[n], "single_transformer_blocks") for n in stack.postlude)
+    assert any(in_module(nodes[n], "proj_out") for n in stack.postlude)
+    assert discover_blocks(capture_graph(DualStreamTransformer(depth=3), torch.randn(1, 16, 4), torch.randn(1, 5, 8),
+                                         torch.tensor([500.0]))).tail == ()
 
 
 def test_model_without_module_list_is_unsupported() -> None:

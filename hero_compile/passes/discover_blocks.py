@@ -5,12 +5,18 @@ entries name the modules the call ran inside (``L['self'].transformer_blocks.3.a
 container that end in an index (``<prefix>.<i>``) and whose subgraphs have the same sequence of ops are the
 blocks; code that runs between them (glue, or a second interleaved stack) joins the block before it. Nothing
 here knows a model class: the structure is read off the graph.
+
+Some models run a second stack of another structure after the first (Flux and HunyuanVideo: dual-stream blocks,
+then single-stream blocks). The first substantial stack is the one profiled, split and refreshed; its *tail*,
+the block-sized children after it (its own last blocks where they differ, and the stacks that follow), runs
+after the deep blocks and is skipped with them on cheap steps.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -22,6 +28,14 @@ from hero_compile.passes.errors import RewriteUnsupported
 _INDEXED_CHILD = re.compile(r"^(?P<prefix>.+)\.(?P<index>\d+)$")
 
 MIN_BLOCKS = 2
+
+MIN_STACK_SHARE = 0.25
+"""A stack holding less than this share of the nodes of all stacks (a text refiner in the prelude) is not the
+main stack."""
+
+MIN_TAIL_BLOCK_SHARE = 0.25
+"""A container after the stack is part of its tail when each child holds at least this share of a stack
+block's nodes."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,10 @@ class BlockStack:
     postlude: tuple[str, ...]
     stream_slots: tuple[InputSlot, ...]
     """Input slots through which one block passes its tokens to the next (hidden states, text states)."""
+    tail_paths: tuple[str, ...] = ()
+    """Module paths of the blocks of the stacks that run after this one (single-stream blocks after dual ones)."""
+    tail: tuple[str, ...] = ()
+    """Every node from the end of the last block to the end of the last tail block (glue included)."""
 
     @property
     def paths(self) -> list[str]:
@@ -83,32 +101,92 @@ class BlockStack:
 def discover_blocks(gm: fx.GraphModule) -> BlockStack:
     """Find the block stack of ``gm``; raises :class:`RewriteUnsupported` with the reason if there is none."""
     graph = gm.graph
-    order = {node: i for i, node in enumerate(graph.nodes)}
-    owner = _block_owner_of_each_node(graph)
-    prefix, members = _largest_stack(owner)
-    blocks_nodes = _with_code_between([members[i] for i in sorted(members)], list(graph.nodes), order)
-    run = _longest_identical_run(blocks_nodes)
-    blocks_nodes = blocks_nodes[run.start:run.stop]
-    indices = sorted(members)[run.start:run.stop]
-    if len(blocks_nodes) < MIN_BLOCKS:
-        raise RewriteUnsupported(f"no repeated block stack (found {len(blocks_nodes)} block(s) under {prefix!r})")
-    first, last = order[blocks_nodes[0][0]], order[blocks_nodes[-1][-1]]
+    nodes = list(graph.nodes)
+    order = {node: i for i, node in enumerate(nodes)}
+    containers = _containers(_block_owner_of_each_node(graph), nodes, order)
+    if not containers:
+        raise RewriteUnsupported("no module of the graph is an indexed child of a container (no block stack)")
+    main = _main_stack(containers, order)
+    if len(main.blocks) < MIN_BLOCKS:
+        raise RewriteUnsupported(f"no repeated block stack (found {len(main.blocks)} block(s) under {main.prefix!r})")
+    first, last = order[main.blocks[0][0]], order[main.blocks[-1][-1]]
+    tails = _tail_containers(containers, main, last, order)
+    tail_children = [(main.prefix, i) for i in main.children if i > main.indices[-1]]
+    tail_children += [(c.prefix, i) for c in tails for i in sorted(c.children)]
+    tail_end = max([last, *(order[node] for prefix, i in tail_children for node in containers[prefix].children[i])])
 
     blocks = tuple(
-        _make_block(i, module_path(f"{prefix}.{index}"), nodes)
-        for i, (index, nodes) in enumerate(zip(indices, blocks_nodes))
+        _make_block(i, module_path(f"{main.prefix}.{index}"), block_nodes)
+        for i, (index, block_nodes) in enumerate(zip(main.indices, main.blocks))
     )
     stack = BlockStack(
-        path=module_path(prefix),
+        path=module_path(main.prefix),
         blocks=blocks,
-        prelude=tuple(n.name for n in graph.nodes if n.op != "placeholder" and order[n] < first),
-        postlude=tuple(n.name for n in graph.nodes if n.op not in ("placeholder", "output") and order[n] > last),
-        stream_slots=_stream_slots(blocks_nodes),
+        prelude=tuple(n.name for n in nodes if n.op != "placeholder" and order[n] < first),
+        postlude=tuple(n.name for n in nodes if n.op not in ("placeholder", "output") and order[n] > tail_end),
+        stream_slots=_stream_slots(main.blocks),
+        tail_paths=tuple(module_path(f"{prefix}.{i}") for prefix, i in tail_children),
+        tail=tuple(n.name for n in nodes[last + 1 : tail_end + 1] if n.op != "output"),
     )
     if not stack.stream_slots:
         raise RewriteUnsupported("blocks do not pass any value from one to the next")
     counters["hero"]["blocks_discovered"] += len(blocks)
+    counters["hero"]["tail_blocks_discovered"] += len(stack.tail_paths)
     return stack
+
+
+@dataclass(frozen=True)
+class _Container:
+    """A container's indexed children (``children``: index -> its nodes) and, as ``indices``/``blocks``, its
+    longest run of identical ones as stack blocks (code between blocks included)."""
+
+    prefix: str
+    children: dict[int, list[fx.Node]]
+    indices: tuple[int, ...]
+    blocks: tuple[tuple[fx.Node, ...], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(block) for block in self.blocks)
+
+
+def _containers(owner: dict[fx.Node, tuple[str, int]], nodes: list[fx.Node], order: dict[fx.Node, int]
+                ) -> dict[str, _Container]:
+    by_prefix: dict[str, dict[int, list[fx.Node]]] = defaultdict(lambda: defaultdict(list))
+    for node, (prefix, index) in owner.items():
+        by_prefix[prefix][index].append(node)
+    containers = {}
+    for prefix, children in by_prefix.items():
+        indices = sorted(children)
+        blocks_nodes = _with_code_between([children[i] for i in indices], nodes, order)
+        run = _longest_identical_run(blocks_nodes)
+        containers[prefix] = _Container(prefix, dict(children), tuple(indices[run.start : run.stop]),
+                                        tuple(tuple(b) for b in blocks_nodes[run.start : run.stop]))
+    return containers
+
+
+def _main_stack(containers: dict[str, _Container], order: dict[fx.Node, int]) -> _Container:
+    """The first stack in graph order that holds a substantial share of the stacked nodes (the largest one when
+    no container repeats a block)."""
+    stacks = [c for c in containers.values() if len(c.blocks) >= MIN_BLOCKS]
+    if not stacks:
+        return max(containers.values(), key=lambda c: c.size)
+    total = sum(s.size for s in stacks)
+    return min((s for s in stacks if s.size >= MIN_STACK_SHARE * total), key=lambda s: order[s.blocks[0][0]])
+
+
+def _tail_containers(containers: dict[str, _Container], main: _Container, last: int, order: dict[fx.Node, int]
+                     ) -> list[_Container]:
+    """Containers after the main stack whose children are blocks too: at least ``MIN_BLOCKS`` children, each
+    at least ``MIN_TAIL_BLOCK_SHARE`` of a main block's size (a postlude's ``nn.Sequential`` of single layers is
+    not a tail). Their children need not be identical to each other."""
+    block_size = main.size / len(main.blocks)
+    return [
+        c for c in containers.values()
+        if c is not main and len(c.children) >= MIN_BLOCKS
+        and min(order[n] for nodes in c.children.values() for n in nodes) > last
+        and min(len(nodes) for nodes in c.children.values()) >= MIN_TAIL_BLOCK_SHARE * block_size
+    ]
 
 
 _DYNAMO_ROOT = re.compile(r"^L\['self'\]\.?")
@@ -136,17 +214,6 @@ def _block_owner_of_each_node(graph: fx.Graph) -> dict[fx.Node, tuple[str, int]]
     return owner
 
 
-def _largest_stack(owner: dict[fx.Node, tuple[str, int]]) -> tuple[str, dict[int, list[fx.Node]]]:
-    """The container prefix whose indexed children hold the most nodes."""
-    by_prefix: dict[str, dict[int, list[fx.Node]]] = defaultdict(lambda: defaultdict(list))
-    for node, (prefix, index) in owner.items():
-        by_prefix[prefix][index].append(node)
-    if not by_prefix:
-        raise RewriteUnsupported("no module of the graph is an indexed child of a container (no block stack)")
-    prefix = max(by_prefix, key=lambda p: sum(len(nodes) for nodes in by_prefix[p].values()))
-    return prefix, by_prefix[prefix]
-
-
 def _signature(nodes: list[fx.Node]) -> tuple[tuple[str, str], ...]:
     return tuple((n.op, _target_name(n.target)) for n in nodes)
 
@@ -166,7 +233,7 @@ def _with_code_between(
     """
     starts = [order[block[0]] for block in blocks_nodes]
     if any(a >= b for a, b in pairwise(starts)):
-        raise RewriteUnsupported("the blocks of the stack do not run in index order")
+        return []  # not a stack: its children do not run in index order
     if all(order[block[-1]] + 1 == start for block, start in zip(blocks_nodes, starts[1:])):
         return blocks_nodes
     periods = [nodes[start:end] for start, end in pairwise(starts)]
@@ -188,7 +255,7 @@ def _longest_identical_run(blocks_nodes: list[list[fx.Node]]) -> range:
     return best
 
 
-def _make_block(index: int, path: str, nodes: list[fx.Node]) -> Block:
+def _make_block(index: int, path: str, nodes: Sequence[fx.Node]) -> Block:
     inside = set(nodes)
     inputs: dict[str, None] = {}
     for node in nodes:
@@ -199,7 +266,7 @@ def _make_block(index: int, path: str, nodes: list[fx.Node]) -> Block:
     return Block(index, path, tuple(n.name for n in nodes), tuple(inputs), tuple(outputs))
 
 
-def _stream_slots(blocks_nodes: list[list[fx.Node]]) -> tuple[InputSlot, ...]:
+def _stream_slots(blocks_nodes: Sequence[Sequence[fx.Node]]) -> tuple[InputSlot, ...]:
     """Slots that, in some block after the first, read a value computed by the block before it."""
     slots: dict[InputSlot, None] = {}
     for previous, current in pairwise(blocks_nodes):

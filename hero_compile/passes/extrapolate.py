@@ -1,6 +1,7 @@
 """Deep-block extrapolation: on a cheap step the deep segment is not run; its streams are predicted.
 
-The deep segment is blocks ``split..end``. Each value the rest of the graph reads from it is a *stream*
+The deep segment is blocks ``split..end`` and the stack's tail (the stacks that run after it, and the glue
+before them) as far as it depends on those blocks. Each value the rest of the graph reads from it is a *stream*
 (hidden states; text states in dual-stream models). Its cached feature is the segment's residual (output
 minus the segment's input of the same stream) or its output. On a cheap step the segment is removed and
 every stream is predicted as ``sum_i coefficients[i] * history_i`` (plus the current input for residuals):
@@ -17,7 +18,7 @@ import torch.fx as fx
 from torch._dynamo.utils import counters
 
 from hero_compile.config import CacheTarget
-from hero_compile.passes.discover_blocks import Block, BlockStack, nodes_by_name
+from hero_compile.passes.discover_blocks import Block, BlockStack, flat_args, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.graph_surgery import (
     append_placeholders,
@@ -44,12 +45,14 @@ class DeepSegment:
 
     split: int
     blocks: tuple[Block, ...]
+    tail: frozenset[str]
+    """The nodes of the stack's tail that depend on the deep blocks (skipped with them)."""
     streams: tuple[DeepStream, ...]
     history_length: int
 
     @property
     def nodes(self) -> frozenset[str]:
-        return frozenset(name for block in self.blocks for name in block.nodes)
+        return frozenset(name for block in self.blocks for name in block.nodes) | self.tail
 
 
 def plan_deep_segment(
@@ -60,22 +63,37 @@ def plan_deep_segment(
         raise ValueError(f"split {split} leaves no deep block in a stack of {len(stack.blocks)}")
     nodes = nodes_by_name(gm.graph)
     blocks = stack.blocks[split:]
-    inside = {name for block in blocks for name in block.nodes}
+    block_nodes = {name for block in blocks for name in block.nodes}
+    tail = _depending_on(block_nodes, stack.tail, nodes)
+    inside = block_nodes | tail
     for name in inside:
         node = nodes[name]
         if _has_outside_effect(node, inside):
             raise RewriteUnsupported(f"deep-block node {name!r} ({node.target}) has side effects; it cannot be skipped")
 
+    position_in_block = {name: i for block in blocks for i, name in enumerate(block.nodes)}
+    bases = stack.stream_inputs(blocks[0], nodes)
     streams = []
-    for block in blocks:
-        for name in block.outputs:
-            if all(user.name in inside for user in nodes[name].users):
-                continue
-            position = block.nodes.index(name)
-            base = _residual_base(stack, blocks[0], position, nodes) if cache_target == "residual" else None
-            streams.append(DeepStream(output=name, base=base))
+    for node in nodes.values():
+        if node.name not in inside or all(user.name in inside for user in node.users):
+            continue
+        base = None
+        if cache_target == "residual":
+            position = position_in_block.get(node.name)
+            base = (_residual_base(stack, blocks[0], position, nodes) if position is not None
+                    else _same_shaped(node, bases))
+        streams.append(DeepStream(output=node.name, base=base))
     counters["hero"]["deep_streams_planned"] += len(streams)
-    return DeepSegment(split, blocks, tuple(streams), history_length)
+    return DeepSegment(split, blocks, frozenset(tail), tuple(streams), history_length)
+
+
+def _depending_on(sources: set[str], candidates: tuple[str, ...], nodes: dict[str, fx.Node]) -> set[str]:
+    """The ``candidates`` (in graph order) that read, directly or through other candidates, a ``sources`` node."""
+    reached = set(sources)
+    for name in candidates:
+        if any(arg.name in reached for arg in flat_args(nodes[name])):
+            reached.add(name)
+    return reached - sources
 
 
 def _has_outside_effect(node: fx.Node, inside: set[str]) -> bool:
@@ -108,6 +126,17 @@ def _residual_base(stack: BlockStack, first_deep: Block, position: int, nodes: d
     return base.name if same else None
 
 
+def _same_shaped(node: fx.Node, bases: list[fx.Node]) -> str | None:
+    """The one segment input shaped like ``node``'s value (a tail stream's residual base), if exactly one is."""
+    value = node.meta.get("example_value")
+    matches = [
+        b.name for b in bases
+        if isinstance(value, torch.Tensor) and isinstance(b.meta.get("example_value"), torch.Tensor)
+        and b.meta["example_value"].shape == value.shape and b.meta["example_value"].dtype == value.dtype
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
 def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.GraphModule:
     """The ``cheap`` variant: the deep segment's streams are predicted from the history; the segment is left
     dead (so later passes still find every node) for :func:`~hero_compile.passes.graph_surgery.without_dead_code`.
@@ -129,6 +158,7 @@ def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.Gra
                 prediction = graph.call_function(operator.add, (nodes[stream.base], prediction))
             nodes[stream.output].replace_all_uses_with(prediction, delete_user_cb=lambda user: user.name not in inside)
     counters["hero"]["deep_blocks_extrapolated"] += len(segment.blocks)
+    counters["hero"]["tail_nodes_skipped"] += len(segment.tail)
     return new_graph_module(gm, graph)
 
 
