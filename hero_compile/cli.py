@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hero_compile.world.rollout import GUIDANCE
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hero-compile", description="HERO acceleration for diffusion transformers")
@@ -17,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seeds", type=int, default=2, help="held-out mazes rolled out as one batch")
     demo.add_argument("--chunks", type=int, default=3, help="chunks of future frames per rollout")
     demo.add_argument("--steps", type=int, default=30, help="denoising steps per chunk")
-    demo.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance on the action")
+    demo.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance on the action")
     demo.add_argument("--repeats", type=int, default=2, help="timed rollouts per method (median)")
     demo.add_argument("--weights", type=Path, help="folder of the world model's weights (default: the shipped ones)")
     demo.add_argument("--json", type=Path, help="write the figures to this file")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hero_compile.world.env import FIELD_OF_VIEW, Action, Maze, episode, random_actions
+from hero_compile.world.env import TURN_COLUMNS, Action, Maze, episode, random_actions, ray_angles
 
 
 @given(seed=st.integers(0, 10_000), length=st.integers(1, 20))
@@ -32,17 +32,17 @@ def distance_to_wall(maze: Maze, angle: float, step: float = 1e-4) -> float:
 
 @given(seed=st.integers(0, 10_000), walk=st.integers(0, 15))
 @settings(max_examples=25)
-def test_depth_is_the_perpendicular_distance_to_the_first_wall(seed: int, walk: int) -> None:
+def test_depth_is_the_distance_along_the_ray_to_the_first_wall(seed: int, walk: int) -> None:
     maze = Maze(seed, resolution=16)
     for action in random_actions(np.random.default_rng(seed), walk):
         maze.step(Action(int(action)))
     _, depth = maze.render()
-    angles = maze.pose.angle + np.linspace(-FIELD_OF_VIEW / 2, FIELD_OF_VIEW / 2, 16)
+    angles = ray_angles(maze.pose.angle, 16)
     for column in range(0, 16, 5):
-        expected = distance_to_wall(maze, angles[column]) * np.cos(angles[column] - maze.pose.angle)
+        expected = distance_to_wall(maze, angles[column])
         seen = depth[:, column][np.isfinite(depth[:, column])]
         assert seen.size > 0 and np.allclose(seen, expected, atol=2e-3)
-        # Perspective: the wall spans resolution / depth rows (all of them when closer than one cell).
+        # Cylindrical projection: the wall spans resolution / depth rows (all of them when closer than one cell).
         assert abs(seen.size - min(16 / expected, 16)) <= 1.0
 
 
@@ -54,6 +54,18 @@ def test_actions_change_the_view_as_expected() -> None:
     maze.step(Action.TURN_RIGHT)
     assert np.array_equal(maze.render()[0], start)  # turning is exactly invertible
     assert not np.array_equal(turned, start)
+
+
+@given(seed=st.integers(0, 10_000))
+@settings(max_examples=20)
+def test_a_turn_shifts_the_view_by_whole_columns(seed: int) -> None:
+    maze = Maze(seed)
+    start_rgb, start_depth = maze.render()
+    maze.step(Action.TURN_RIGHT)
+    rgb, depth = maze.render()
+    # Turning right brings the right part of the view to the left.
+    assert np.allclose(rgb[:, :-TURN_COLUMNS], start_rgb[:, TURN_COLUMNS:], atol=1e-5)
+    assert np.allclose(depth[:, :-TURN_COLUMNS], start_depth[:, TURN_COLUMNS:], atol=1e-5)
 
 
 @pytest.mark.parametrize("action", [Action.FORWARD, Action.STRAFE_LEFT, Action.STRAFE_RIGHT])

@@ -68,7 +68,7 @@ def world_model(quick: bool = False, weights: Path | None = None) -> BenchModel:
     from hero_compile.world.checkpoint import WEIGHTS_DIR, load_world_model
     from hero_compile.world.data import HELD_OUT_SEEDS
     from hero_compile.world.demo import psnr, ssim
-    from hero_compile.world.rollout import rollout_scenarios, scenario
+    from hero_compile.world.rollout import GUIDANCE, rollout_scenarios, scenario
 
     seeds, chunks, steps = (1, 1, 10) if quick else (2, 2, 30)
     model = load_world_model(weights or WEIGHTS_DIR)
@@ -78,9 +78,9 @@ def world_model(quick: bool = False, weights: Path | None = None) -> BenchModel:
     return BenchModel(
         name="world",
         description=f"bundled world model: {seeds} held-out mazes, {chunks} chunks of {config.future_frames} "
-        f"frames, {steps} steps per chunk, guidance 3 (two calls per step)",
+        f"frames, {steps} steps per chunk, guidance {GUIDANCE} (two calls per step)",
         model=model,
-        generate=lambda denoiser: rollout_scenarios(denoiser, scenarios, config, steps, guidance=3.0),
+        generate=lambda denoiser: rollout_scenarios(denoiser, scenarios, config, steps),
         depth=config.depth,
         steps=steps,
         calls_per_step=2,

@@ -20,7 +20,7 @@ import hero_compile
 from hero_compile.config import HeroConfig
 from hero_compile.world.checkpoint import WEIGHTS_DIR, load_world_model
 from hero_compile.world.data import HELD_OUT_SEEDS
-from hero_compile.world.rollout import rollout_scenarios, scenario
+from hero_compile.world.rollout import GUIDANCE, rollout_scenarios, scenario
 
 
 def rgb(frames: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,7 @@ def compare_on_world_model(
     seeds: int = 2,
     chunks: int = 3,
     steps: int = 30,
-    guidance: float = 3.0,
+    guidance: float = GUIDANCE,
     repeats: int = 2,
     weights: Path = WEIGHTS_DIR,
     threads: int = 2,

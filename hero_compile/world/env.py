@@ -2,8 +2,12 @@
 
 Every seed gives a different maze layout and wall palette. The camera moves on a grid of square cells;
 ``render`` casts one ray per image column through the grid (DDA), so each frame's depth is the exact
-perpendicular distance to the wall seen in that column, and colour is the wall's colour shaded by distance
+distance along that column's ray to the wall it meets, and colour is the wall's colour shaded by distance
 and by which face was hit, with vertical stripes along the wall. Floor and ceiling are flat colours.
+
+The camera is cylindrical: columns are equally spaced in angle and a wall's height on screen is the
+resolution over its distance along the ray. A turn is a whole number of columns (``TURN_COLUMNS`` at the
+default resolution), so turning shifts colour and depth by whole columns: the motion is exact.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ NUM_ACTIONS = len(Action)
 STEP = 0.35
 BODY_RADIUS = 0.3
 TURN = np.pi / 12
-FIELD_OF_VIEW = np.pi / 2.5
+TURN_COLUMNS = 6
+"""Columns a turn shifts the view by, at the default resolution of 32 (three 2 x 2 patches)."""
+FIELD_OF_VIEW = TURN * 32 / TURN_COLUMNS
+"""80 degrees."""
 _CEILING = np.array([0.55, 0.6, 0.7])
 _FLOOR = np.array([0.35, 0.3, 0.25])
 
@@ -91,21 +98,20 @@ class Maze:
 
     def render(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rgb, depth)``: ``(resolution, resolution, 3)`` colours in [0, 1] and ``(resolution, resolution)``
-        perpendicular distances to the wall seen in each pixel's column (``inf`` above and below the wall)."""
+        distances along each column's ray to the wall it meets (``inf`` above and below the wall)."""
         n = self.resolution
         pose = self.pose
-        rays = pose.angle + np.linspace(-FIELD_OF_VIEW / 2, FIELD_OF_VIEW / 2, n)
+        rays = ray_angles(pose.angle, n)
         distance, cell, along, vertical = self._cast(np.cos(rays), np.sin(rays))
-        perpendicular = distance * np.cos(rays - pose.angle)
-        wall_height = np.minimum(n / np.maximum(perpendicular, 1e-6), 4.0 * n)
+        wall_height = np.minimum(n / np.maximum(distance, 1e-6), 4.0 * n)
         rows = np.arange(n)[:, None] + 0.5
         on_wall = np.abs(rows - n / 2) < wall_height[None] / 2
         stripe = (np.floor(along * self.stripes[cell] * 2) % 2)[None, :, None]
-        shade = (1.0 / (1.0 + 0.25 * perpendicular))[None, :, None] * np.where(vertical, 1.0, 0.75)[None, :, None]
+        shade = (1.0 / (1.0 + 0.25 * distance))[None, :, None] * np.where(vertical, 1.0, 0.75)[None, :, None]
         wall_rgb = self.palette[cell][None] * shade * (0.8 + 0.2 * stripe)
         background = np.where(rows[..., None] < n / 2, _CEILING, _FLOOR)
         rgb = np.where(on_wall[..., None], wall_rgb, background)
-        depth = np.where(on_wall, perpendicular[None], np.inf)
+        depth = np.where(on_wall, distance[None], np.inf)
         return rgb.astype(np.float32), depth.astype(np.float32)
 
     def _cast(self, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -131,6 +137,11 @@ class Maze:
         distance = np.where(vertical, side_x - delta_x, side_y - delta_y)
         along = np.where(vertical, y0 + distance * dy, x0 + distance * dx) % 1.0
         return distance, cy * self.size + cx, along, vertical
+
+
+def ray_angles(angle: float, columns: int) -> np.ndarray:
+    """The direction of each image column's ray: column centres equally spaced in angle over the field of view."""
+    return angle + (np.arange(columns) + 0.5 - columns / 2) * (FIELD_OF_VIEW / columns)
 
 
 def episode(seed: int, actions: np.ndarray, resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,18 @@
 """The action-conditioned video diffusion transformer of the bundled world model.
 
 Context frames (clean) and noisy future frames are patchified over (frames, height, width) into one token
-sequence; each frame's tokens carry a learned embedding of its role (context) or of the action that led to it
-(future), and the actions also join the timestep in the adaLN conditioning. Blocks are the DiT blocks of
-``hero_compile.testing.dit`` (fused SDPA, adaLN-Zero). The model predicts the flow-matching velocity of the
-future frames. Channels are RGB and disparity (as Aether predicts colour and depth).
+sequence with a fixed sine-cosine embedding of each token's (frame, row, column), as in DiT and CogVideoX:
+a shift of the view is then the same rotation of the embedding everywhere, which a small model trained for an
+hour learns far sooner than a learned table. Each frame's tokens also carry a learned embedding of its role
+(context) or of the action that led to it (future), and the actions also join the timestep in the adaLN
+conditioning. Blocks are the DiT blocks of ``hero_compile.testing.dit`` (fused SDPA, adaLN-Zero). Channels
+are RGB and disparity (as Aether predicts colour and depth).
+
+The network predicts the clean future frames as a change from the last context frame (x-prediction, trained
+with a plain MSE on the frames), and ``forward`` turns that into the flow-matching velocity the sampler
+integrates. The untrained model thus rolls out as "copy the last frame" and training only has to learn what
+changes; regressing the frames rather than the noise gives the conditional mean, which is what a
+deterministic environment asks for.
 """
 
 from __future__ import annotations
@@ -17,6 +25,9 @@ from torch import nn
 
 from hero_compile.testing.dit import DiTBlock, modulate, patchify, timestep_embedding, unpatchify
 from hero_compile.world.env import NUM_ACTIONS
+
+MIN_TIME = 1e-3
+"""Noise levels below this are treated as this one when converting the clean prediction to a velocity."""
 
 NULL_ACTION = NUM_ACTIONS
 """The action index used for the unconditional branch of classifier-free guidance (and action dropout)."""
@@ -46,6 +57,25 @@ class WorldModelConfig:
         return asdict(self)
 
 
+def sincos_position_embedding(sizes: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """``(1, frames * rows * columns, dim)``: sines and cosines of the frame, row and column indices, a quarter
+    of ``dim`` for the frame and three eighths for each spatial axis."""
+    frame_dim = dim // 4
+    space_dim = (dim - frame_dim) // 2
+    axes = []
+    for size, width in zip(sizes, (frame_dim, space_dim, dim - frame_dim - space_dim)):
+        frequencies = 1.0 / 100.0 ** (torch.arange(width // 2, dtype=torch.float64) / (width // 2))
+        angles = torch.arange(size, dtype=torch.float64)[:, None] * frequencies[None]
+        axes.append(torch.cat([angles.sin(), angles.cos()], dim=-1))
+    f, h, w = sizes
+    embedding = torch.cat([
+        axes[0][:, None, None].expand(f, h, w, -1),
+        axes[1][None, :, None].expand(f, h, w, -1),
+        axes[2][None, None, :].expand(f, h, w, -1),
+    ], dim=-1)
+    return embedding.reshape(1, f * h * w, dim).float()
+
+
 class WorldModel(nn.Module):
     """``forward(noisy_future, context, actions, timestep)``: frames are ``(batch, channels, frames, H, W)``,
     ``actions`` ``(batch, future_frames)`` integers (``NULL_ACTION`` for none), ``timestep`` ``(batch,)`` in
@@ -56,7 +86,8 @@ class WorldModel(nn.Module):
         self.config = c = config
         patch_dim = c.channels * c.patch * c.patch
         self.patch_embed = nn.Linear(patch_dim, c.hidden)
-        self.pos_embed = nn.Parameter(torch.randn(1, c.frames * c.tokens_per_frame, c.hidden) * 0.02)
+        grid = c.resolution // c.patch
+        self.register_buffer("pos_embed", sincos_position_embedding((c.frames, grid, grid), c.hidden), persistent=False)
         self.action_embed = nn.Embedding(NUM_ACTIONS + 1, c.hidden)
         self.context_embed = nn.Parameter(torch.zeros(1, c.context_frames, c.hidden))
         self.time_mlp = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
@@ -75,6 +106,14 @@ class WorldModel(nn.Module):
     def forward(
         self, noisy_future: torch.Tensor, context: torch.Tensor, actions: torch.Tensor, timestep: torch.Tensor
     ) -> torch.Tensor:
+        # On the path x_t = (1 - t) x0 + t noise, the velocity is noise - x0 = (x_t - x0) / t.
+        t = (timestep / 1000.0).clamp(min=MIN_TIME)[:, None, None, None, None]
+        return (noisy_future - self.predict_clean(noisy_future, context, actions, timestep)) / t
+
+    def predict_clean(
+        self, noisy_future: torch.Tensor, context: torch.Tensor, actions: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
+        """The clean future frames: the last context frame plus the predicted change."""
         c = self.config
         frames = torch.cat([context, noisy_future], dim=2)
         b, grid = frames.shape[0], c.resolution // c.patch
@@ -89,4 +128,5 @@ class WorldModel(nn.Module):
         shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(h), shift, scale))
         future = out[:, c.context_frames * grid * grid :]
-        return unpatchify(future, c.channels, c.future_frames, c.resolution, c.resolution, c.patch)
+        change = unpatchify(future, c.channels, c.future_frames, c.resolution, c.resolution, c.patch)
+        return context[:, :, -1:] + change

@@ -10,11 +10,11 @@ import torch
 from hero_compile.world.checkpoint import WEIGHTS_DIR, load_world_model
 from hero_compile.world.data import HELD_OUT_SEEDS
 from hero_compile.world.model import WorldModel
-from hero_compile.world.rollout import rollout, scenario
+from hero_compile.world.rollout import GUIDANCE, rollout, scenario
 
 
 def world_model_target(
-    seeds: int = 2, steps: int = 30, guidance: float = 3.0, weights: Path = WEIGHTS_DIR
+    seeds: int = 2, steps: int = 30, guidance: float = GUIDANCE, weights: Path = WEIGHTS_DIR
 ) -> tuple[WorldModel, tuple[torch.Tensor, ...], Any]:
     """``(model, example_inputs, sampler)``: one chunk of held-out rollouts with guidance is one generation."""
     model = load_world_model(weights)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ CONTEXT_NOISE = 0.05
 
 def flow_matching_loss(model: WorldModel, context: torch.Tensor, future: torch.Tensor, actions: torch.Tensor,
                        generator: torch.Generator) -> torch.Tensor:
-    """Velocity regression on the straight path from the future frames (t=0) to noise (t=1).
+    """Regression of the clean future frames from points on the straight path from them (t=0) to noise (t=1).
 
     Actions are dropped (replaced by ``NULL_ACTION``) at random so that guidance on the action works, and the
     context gets a little noise so that rollouts tolerate their own imperfect predictions as context.
@@ -43,14 +44,17 @@ def flow_matching_loss(model: WorldModel, context: torch.Tensor, future: torch.T
     context = context + CONTEXT_NOISE * torch.rand(b, 1, 1, 1, 1, generator=generator) * torch.randn(
         context.shape, generator=generator
     )
-    prediction = model(noisy, context, actions, t * 1000.0)
-    return F.mse_loss(prediction, noise - future)
+    return F.mse_loss(model.predict_clean(noisy, context, actions, t * 1000.0), future)
 
 
-def train(minutes: float, batch: int, learning_rate: float, seed: int, out_dir: Path, max_steps: int | None) -> Path:
+def train(minutes: float, batch: int, learning_rate: float, seed: int, out_dir: Path, max_steps: int | None,
+          compile_loss: bool = False) -> Path:
     torch.manual_seed(seed)
     config = WorldModelConfig()
     model = WorldModel(config)
+    # Inductor makes a float32 step ~15% faster here once compiled (about a minute); bfloat16 autocast is
+    # 10x slower on CPUs without AVX512-BF16, so training stays in float32.
+    loss_fn = torch.compile(flow_matching_loss) if compile_loss else flow_matching_loss
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -64,9 +68,7 @@ def train(minutes: float, batch: int, learning_rate: float, seed: int, out_dir: 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
         context, future, actions = training_batch(rng, batch, config)
-        # bfloat16 matmuls are ~1.5x faster on CPUs with AVX512-BF16; the weights stay float32.
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = flow_matching_loss(model, context, future, actions, generator)
+        loss = loss_fn(model, context, future, actions, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -83,7 +85,8 @@ def train(minutes: float, batch: int, learning_rate: float, seed: int, out_dir: 
     log_path(out_dir).write_text(json.dumps({
         "seed": seed, "batch": batch, "learning_rate": learning_rate, "steps": step,
         "minutes": (time.monotonic() - started) / 60, "threads": torch.get_num_threads(),
-        "action_dropout": ACTION_DROPOUT, "context_noise": CONTEXT_NOISE, "autocast": "bfloat16",
+        "action_dropout": ACTION_DROPOUT, "context_noise": CONTEXT_NOISE, "precision": "float32",
+        "compiled": compile_loss, "cpu": platform.processor() or platform.machine(),
         "data": "random training maze seeds in [0, 1_000_000), random exploration actions", "log": log,
     }, indent=2))
     return weights_path(out_dir)
@@ -96,13 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help=f"output folder (default {WEIGHTS_DIR}; a temporary one with --smoke)")
+    parser.add_argument("--compile", action="store_true", help="compile the loss with Inductor (faster after ~1 min)")
     parser.add_argument("--smoke", action="store_true", help="three small steps, for CI")
     args = parser.parse_args(argv)
     if args.smoke:
         out = args.out or Path(tempfile.mkdtemp(prefix="hero-world-smoke-"))
         path = train(1.0, 2, args.learning_rate, args.seed, out, max_steps=3)
     else:
-        path = train(args.minutes, args.batch, args.learning_rate, args.seed, args.out or WEIGHTS_DIR, max_steps=None)
+        path = train(args.minutes, args.batch, args.learning_rate, args.seed, args.out or WEIGHTS_DIR, max_steps=None,
+                     compile_loss=args.compile)
     print(f"weights written to {path}")
 
 
