@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from models import euler
+from models import euler, psnr
 from torch import nn
 
 from hero_compile.bench.harness import run_benchmark
-from hero_compile.bench.host_caches import duca, first_block_cache, toca
+from hero_compile.bench.host_caches import WorldCache, WorldCacheSettings, duca, first_block_cache, toca, worldcache
 from hero_compile.bench.methods import BuildOptions, Method, fora, full_compute, hero_settings, taylorseer
 from hero_compile.bench.models import BenchModel, latent_metrics
 from hero_compile.bench.tables import matched_quality, pareto_front
@@ -42,12 +43,12 @@ def full_output(dit: nn.Module) -> torch.Tensor:
     return generate(full_compute(), dit)
 
 
-@pytest.mark.parametrize("method", [fora(1), toca(1.0, 3), duca(1.0, 2), first_block_cache(0.0)],
+@pytest.mark.parametrize("method", [fora(1), toca(1.0, 3), duca(1.0, 2), first_block_cache(0.0), worldcache(0.0, 8)],
                          ids=lambda m: m.name)
 def test_baseline_at_its_exact_setting_equals_full_compute(method: Method, dit: nn.Module,
                                                            full_output: torch.Tensor) -> None:
     """FORA at interval 1 computes every step; ToCa and DuCa at ratio 1.0 recompute every token (DuCa's
-    aggressive steps aside: interval 2 has none); FBCache with threshold 0 never skips."""
+    aggressive steps aside: interval 2 has none); FBCache and WorldCache with threshold 0 never skip."""
     torch.testing.assert_close(generate(method, dit), full_output, atol=1e-5, rtol=1e-5)
 
 
@@ -56,6 +57,13 @@ def test_baseline_at_its_exact_setting_equals_full_compute(method: Method, dit: 
 def test_baseline_at_a_fast_setting_differs_from_full_compute(method: Method, dit: nn.Module,
                                                               full_output: torch.Tensor) -> None:
     assert not torch.allclose(generate(method, dit), full_output, atol=1e-4)
+
+
+def test_worldcache_at_a_fast_setting_skips_steps_yet_stays_close_to_full_compute(dit: nn.Module,
+                                                                                full_output: torch.Tensor) -> None:
+    output = generate(worldcache(1.0, 8, max_skips=6, warmup=0.1, chaotic=0.7), dit)
+    assert not torch.allclose(output, full_output, atol=1e-4)
+    assert psnr(output, full_output) > 25.0
 
 
 class LinearFeatureBlock(nn.Module):
@@ -95,6 +103,26 @@ def test_taylorseer_order_1_is_exact_on_features_linear_in_the_timestep() -> Non
     torch.testing.assert_close(forecast, euler(model, noise, 12), atol=1e-4, rtol=1e-4)
     order_0 = euler(fora(4).build(model, OPTIONS).denoiser, noise, 12)
     assert not torch.allclose(order_0, euler(model, noise, 12), atol=1e-2)  # the forecast did the work
+
+
+def test_worldcache_prediction_is_exact_on_features_linear_in_the_step() -> None:
+    """With no stable group (those tokens are held at order 0) every token is extrapolated from its last
+    velocity; on a straight path the previous velocity is the same, so the damping changes nothing."""
+    model = LinearFeatureModel().eval()
+    steps = 12
+    settings = WorldCacheSettings(threshold=1.0, max_skips=3, warmup=0.0, stable=0.0)
+    stack = WorldCache(model.blocks, 1, OPTIONS, steps, settings)
+    stack.compute = Mock(wraps=stack.compute)
+    h = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for step in range(steps):
+            cond = (1.0 - step / steps) * model.direction.expand(2, -1)
+            expected = h
+            for block in model.blocks:
+                expected = block(expected, cond)
+            torch.testing.assert_close(stack(h, cond), expected, atol=1e-5, rtol=1e-5)
+    # Full at 0-2 (three outputs give a curvature), 6 and 10 (after three predictions) and 11 (the last step).
+    assert stack.compute.call_count == 6
 
 
 _ROW = st.fixed_dictionaries({
@@ -167,7 +195,7 @@ def test_quick_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert main(["bench", "--quick", "--models", "dit", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "benchmarks.json").read_text())
     assert {r["family"] for r in rows} >= {"full", "hero", "FORA", "TaylorSeer O1", "Delta-DiT", "FBCache", "ToCa",
-                                           "DuCa"}
+                                           "DuCa", "WorldCache"}
     assert all(isinstance(r[key], REQUIRED[key]) for r in rows for key in REQUIRED)
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "benchmarks.md").read_text()

@@ -1,5 +1,6 @@
 """Baselines whose caching decisions run on the host, as in their reference code: first-block caching
-(dynamic skipping), ToCa (tokens chosen by attention scores) and DuCa (random tokens).
+(dynamic skipping), ToCa (tokens chosen by attention scores), DuCa (random tokens) and WorldCache (per-token
+prediction of the stack's output, ordered by curvature, with adaptive skipping).
 
 Each replaces a copy of the model's ``blocks`` list by one :class:`HostCachedStack`. Its ``forward`` is
 excluded from compilation (``torch.compiler.disable``, as diffusers' cache hooks do, so it is a graph
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -205,6 +207,123 @@ def _partial_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, tokens: to
     return x + mlp_branch, attn_branch, mlp_branch, scores
 
 
+@dataclass(frozen=True)
+class WorldCacheSettings:
+    """WorldCache's knobs. The defaults are the reference code's Aether setting (its README and ``cache_init``):
+    a 50-step schedule with 10 warm-up steps, hence ``warmup=0.2``."""
+
+    threshold: float = 0.2
+    """Accumulated drift at which a full step is forced (``error_threshold``): lower stays closer to full
+    compute; 0 never skips."""
+    max_skips: int = 2
+    """Most steps predicted in a row (``n_max``); also the horizon over which the chaotic tokens' slope turns
+    from the last velocity to the one before it."""
+    warmup: float = 0.2
+    """Fraction of each sampling loop's first steps computed in full: early features move too fast to predict."""
+    stable: float = 0.3
+    """Curvature quantile under which a token is held at its last computed value (order 0)."""
+    chaotic: float = 0.6
+    """Curvature quantile from which a token follows the damped slope; tokens between the two continue along
+    their last velocity (order 1)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.stable <= self.chaotic <= 1.0:
+            raise ValueError(f"need 0 <= stable <= chaotic <= 1 (curvature quantiles), got {self.stable}, "
+                             f"{self.chaotic}")
+        if self.max_skips < 1:
+            raise ValueError(f"max_skips must be at least 1, got {self.max_skips}")
+
+
+CURVATURE_EPS = 1e-8
+"""Keeps the curvature of a token that did not move finite (the reference's ``eps``)."""
+
+
+class WorldCache(HostCachedStack):
+    """WorldCache (Feng et al., arXiv 2603.06331), learnt from its public code (github.com/FofGofx/WorldCache,
+    ``models/Aether/aether/worldcache_aether``: ``cal_type.py``, ``worldcache_core.py``, ``worldcache_utils.py``).
+
+    Full steps run the compiled stack and keep its output, and the velocities (differences per step) over the
+    last two intervals between full steps. Their second difference gives each token a curvature,
+    ``|acceleration| / (|velocity|^2 + eps)``: how sharply its path turns relative to how fast it moves.
+    Predicted steps, ``k`` steps after the last full one, move each token from its last output according to its
+    curvature quantile: the straightest tokens (under ``stable``) are held, the middle ones continue along the
+    last velocity, and the chaotic ones (from ``chaotic``) along a slope that a Hermite weight shifts from the
+    last velocity to the one before as ``k`` approaches ``max_skips``.
+
+    A step is predicted unless it is a warm-up step or the loop's last, fewer than three full steps gave a
+    curvature, ``max_skips`` steps were already predicted in a row, or the drift accumulated since the last full
+    step reached ``threshold``. Each predicted step adds to the drift the mean over tokens of the chaotic tokens'
+    curvature times how far their prediction moved: dimensionless, and it grows fastest where the tokens that
+    turn sharply move far.
+
+    Where this differs from the reference: it predicts the transformer's final output (per latent position for
+    Aether, whose guided halves share one batch); here the stack's output is predicted and the compiled postlude
+    runs on it, as the reference's Aether forward does without its modality split, and each call slot decides
+    alone. The history is dropped every ``steps`` steps, when a sampling loop (a rollout chunk) starts again, as
+    the reference starts a fresh cache per pipeline call.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, calls_per_step: int, options: BuildOptions, steps: int,
+                 settings: WorldCacheSettings) -> None:
+        super().__init__(blocks, calls_per_step)
+        self.steps, self.settings = steps, settings
+        self.warmup_steps = round(settings.warmup * steps)
+        self.compute = compile_with(options, _run_blocks, fullgraph=True)
+
+    def run(self, h: torch.Tensor, cond: torch.Tensor, step: int, cache: dict[str, Any]) -> torch.Tensor:
+        position = step % self.steps
+        if position == 0:
+            cache.clear()
+        if self._predictable(position, cache):
+            return self._predict(position - cache["position"], cache)
+        out = self.compute(self.blocks, h, cond)
+        self._record(position, out, cache)
+        return out
+
+    def _predictable(self, position: int, cache: dict[str, Any]) -> bool:
+        if position < self.warmup_steps or position == self.steps - 1 or "curvature" not in cache:
+            return False
+        return cache["drift"] < self.settings.threshold and position - cache["position"] <= self.settings.max_skips
+
+    def _record(self, position: int, out: torch.Tensor, cache: dict[str, Any]) -> None:
+        if "output" in cache:
+            interval = position - cache["position"]
+            velocity = (out - cache["output"]) / interval
+            if "velocity" in cache:
+                cache["previous_velocity"] = cache["velocity"]
+                cache["curvature"] = _curvature(cache["previous_velocity"], velocity, interval)
+                cache["stable"], cache["chaotic"] = _curvature_groups(cache["curvature"], self.settings)
+            cache["velocity"] = velocity
+        cache.update(output=out, position=position, drift=0.0)
+
+    def _predict(self, k: int, cache: dict[str, Any]) -> torch.Tensor:
+        previous, last = cache["previous_velocity"], cache["velocity"]
+        damped = self._damped_slope(previous, last, k)
+        slope = torch.where(cache["chaotic"][..., None], damped, last)
+        slope = torch.where(cache["stable"][..., None], 0.0, slope)
+        moved = k * damped - (k - 1) * self._damped_slope(previous, last, k - 1)
+        cache["drift"] += (cache["curvature"] * moved.float().norm(dim=-1) * cache["chaotic"]).mean().item()
+        return cache["output"] + k * slope
+
+    def _damped_slope(self, previous: torch.Tensor, last: torch.Tensor, k: int) -> torch.Tensor:
+        """The last velocity turned towards the previous one by a cubic Hermite (smoothstep) weight of
+        ``k / max_skips``: a chaotic token's direction is trusted less the further it is extrapolated."""
+        x = k / self.settings.max_skips
+        return last + (3 * x**2 - 2 * x**3) * (previous - last)
+
+
+def _curvature(previous: torch.Tensor, last: torch.Tensor, interval: int) -> torch.Tensor:
+    """Per token (the last dimension holds its features): ``|acceleration| / (|velocity|^2 + eps)``."""
+    acceleration = (last - previous).float() / interval
+    return acceleration.norm(dim=-1) / (last.float().norm(dim=-1) ** 2 + CURVATURE_EPS)
+
+
+def _curvature_groups(curvature: torch.Tensor, settings: WorldCacheSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stable and the chaotic tokens: quantiles over every token of the call, as the reference takes them."""
+    flat = curvature.flatten()
+    return curvature < flat.quantile(settings.stable), curvature >= flat.quantile(settings.chaotic)
+
+
 def host_cache_method(name: str, family: str, implementation: str,
                       make_stack: Callable[[nn.ModuleList, BuildOptions], HostCachedStack]) -> Method:
     """A method that runs a copy of the model with its ``blocks`` replaced by ``make_stack(blocks, options)``."""
@@ -240,4 +359,15 @@ def duca(ratio: float, interval: int) -> Method:
         f"DuCa {ratio:.0%} N={interval}", "DuCa", "host random token choice; compiled kernels with fused SDPA",
         lambda blocks, options: TokenCache(blocks, options.calls_per_step, options, ratio, interval, "random",
                                            aggressive=True),
+    )
+
+
+def worldcache(threshold: float, steps: int, max_skips: int = 2, warmup: float = 0.2, stable: float = 0.3,
+               chaotic: float = 0.6) -> Method:
+    """WorldCache on sampling loops of ``steps`` steps; the defaults are the reference's Aether setting."""
+    settings = WorldCacheSettings(threshold, max_skips, warmup, stable, chaotic)
+    return host_cache_method(
+        f"WorldCache e={threshold} n={max_skips}", "WorldCache",
+        "host per-token prediction of the compiled stack's output",
+        lambda blocks, options: WorldCache(blocks, options.calls_per_step, options, steps, settings),
     )
