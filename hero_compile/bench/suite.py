@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hero_compile.bench.harness import run_benchmark
-from hero_compile.bench.host_caches import duca, first_block_cache, toca
+from hero_compile.bench.host_caches import duca, first_block_cache, toca, worldcache
 from hero_compile.bench.methods import Lowering, Method, delta_dit, fora, hero_settings, taylorseer
 from hero_compile.bench.models import BenchModel, benchmark_dit, cogvideox, world_model
 from hero_compile.bench.tables import markdown, write_json, write_pareto_plot
@@ -21,21 +21,36 @@ def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
     The host-side baselines (FBCache, ToCa, DuCa) are written for the DiT blocks of our own models; on the
     diffusers model, diffusers' own hooks take their place."""
     if bench.name == "cogvideox":
+        import logging
+
         from hero_compile.bench.diffusers_hooks import diffusers_hook_methods
 
+        peers = diffusers_hook_methods(bench, bench.steps)
+        try:
+            import cache_dit  # noqa: F401  (a peer, not a dependency: the bench extra installs it)
+        except ImportError as error:
+            logging.getLogger("hero_compile").warning("cache-dit is not importable (%s): its rows are skipped; "
+                                                      "install it with `pip install hero-compile[bench]`", error)
+        else:
+            from hero_compile.bench.cache_dit import cache_dit_methods
+
+            peers += cache_dit_methods(bench.depth, bench.steps)
         return [*hero_settings((2, 3) if quick else (2, 3, 4, 6)), fora(2), taylorseer(1, 3),
-                delta_dit(bench.depth, 2), *diffusers_hook_methods(bench, bench.steps)]
+                delta_dit(bench.depth, 2), *peers]
     if quick:
         return [*hero_settings((2, 3)), fora(2), taylorseer(1, 3), delta_dit(bench.depth, 2),
-                first_block_cache(0.1), toca(0.25, 3), duca(0.25, 3)]
+                first_block_cache(0.1), toca(0.25, 3), duca(0.25, 3), worldcache(0.2, bench.steps)]
+    # One setting per baseline where two would not fit the benchmark in an hour on 2 CPU cores; WorldCache,
+    # the newest peer, at its Aether and its faster Voyager setting.
     return [
         *hero_settings((2, 3, 4, 6)),
-        fora(2), fora(3),
-        taylorseer(1, 3), taylorseer(2, 3), taylorseer(1, 5),
-        delta_dit(bench.depth, 2), delta_dit(bench.depth, 3),
-        first_block_cache(0.05), first_block_cache(0.15),
-        toca(0.25, 3), toca(0.1, 5),
-        duca(0.25, 3), duca(0.1, 5),
+        fora(2),
+        taylorseer(1, 3), taylorseer(2, 3),
+        delta_dit(bench.depth, 2),
+        first_block_cache(0.1),
+        toca(0.25, 3),
+        duca(0.25, 3),
+        worldcache(0.2, bench.steps), worldcache(1.0, bench.steps, max_skips=6, warmup=0.1, chaotic=0.7),
     ]
 
 
