@@ -153,8 +153,8 @@ def calibrated_mag_ratios(bench: BenchModel, steps: int) -> list[float]:
     return [float(r) for r in ratios]
 
 
-def diffusers_hook_methods(bench: BenchModel, steps: int) -> list[Method]:
-    """Each of diffusers' cache hooks at its documented default and one faster setting."""
+def diffusers_hook_methods(bench: BenchModel, steps: int, with_faster: bool = True) -> list[Method]:
+    """Each of diffusers' cache hooks at its documented default and, ``with_faster``, one faster setting."""
     from diffusers import (
         FasterCacheConfig,
         FirstBlockCacheConfig,
@@ -193,5 +193,6 @@ def diffusers_hook_methods(bench: BenchModel, steps: int) -> list[Method]:
                            lambda _: MagCacheConfig(threshold=threshold, max_skip_steps=max_skips,
                                                     num_inference_steps=steps, mag_ratios=mag_ratios), steps)
 
-    return [first_block(0.05), first_block(0.2), taylor_seer(3), taylor_seer(5), pyramid(2), pyramid(4),
-            faster_cache(2), faster_cache(3), mag_cache(0.06, 3), mag_cache(0.12, 5)]
+    defaults = [first_block(0.05), taylor_seer(3), pyramid(2), faster_cache(2), mag_cache(0.06, 3)]
+    faster = [first_block(0.2), taylor_seer(5), pyramid(4), faster_cache(3), mag_cache(0.12, 5)]
+    return [m for pair in zip(defaults, faster) for m in pair] if with_faster else defaults

@@ -18,14 +18,15 @@ MODELS: dict[str, Callable[..., BenchModel]] = {"world": world_model, "dit": ben
 def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
     """HERO at several intervals and each baseline at the settings its papers recommend and one faster one.
 
-    The host-side baselines (FBCache, ToCa, DuCa) are written for the DiT blocks of our own models; on the
-    diffusers model, diffusers' own hooks take their place."""
+    The host-side baselines (FBCache, ToCa, DuCa, WorldCache) are written for the DiT blocks of our own models;
+    on the diffusers model, diffusers' own hooks and cache-dit take their place (without ``quick``, at one
+    setting each, so that the benchmark fits an hour on 2 CPU cores)."""
     if bench.name == "cogvideox":
         import logging
 
         from hero_compile.bench.diffusers_hooks import diffusers_hook_methods
 
-        peers = diffusers_hook_methods(bench, bench.steps)
+        peers = diffusers_hook_methods(bench, bench.steps, with_faster=quick)
         try:
             import cache_dit  # noqa: F401  (a peer, not a dependency: the bench extra installs it)
         except ImportError as error:
@@ -34,7 +35,7 @@ def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
         else:
             from hero_compile.bench.cache_dit import cache_dit_methods
 
-            peers += cache_dit_methods(bench.depth, bench.steps)
+            peers += cache_dit_methods(bench.depth, bench.steps)[: 2 if quick else 1]
         return [*hero_settings((2, 3) if quick else (2, 3, 4, 6)), fora(2), taylorseer(1, 3),
                 delta_dit(bench.depth, 2), *peers]
     if quick:

@@ -105,6 +105,9 @@ def write_pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     models = by_model(rows)
+    # One colour per family in every panel (the first tab20 colours, in order of first appearance).
+    peers = list(dict.fromkeys(r["family"] for r in _accelerated(rows) if r["family"] != HERO))
+    colours = {family: plt.get_cmap("tab20")(i % 20) for i, family in enumerate(peers)} | {HERO: "black"}
     figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for axis, (model, model_rows) in zip(axes[0], models.items()):
         families: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -112,9 +115,9 @@ def write_pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
             families[r["family"]].append(r)
         for family, members in families.items():
             members.sort(key=lambda r: r["psnr_vs_full"])
-            style = {"linewidth": 2.5, "color": "black", "zorder": 3} if family == HERO else {"alpha": 0.8}
+            style = {"linewidth": 2.5, "zorder": 3} if family == HERO else {"alpha": 0.8}
             axis.plot([r["psnr_vs_full"] for r in members], [r["speedup"] for r in members], marker="o",
-                      label=family, **style)
+                      label=family, color=colours[family], **style)
         axis.axhline(1.0, color="grey", linestyle=":", label="full compute")
         axis.set(title=model, xlabel="PSNR vs full compute (dB)", ylabel="speedup (wall time)")
         axis.grid(alpha=0.3)
