@@ -1,5 +1,5 @@
 """The ``hero-compile`` command: ``demo`` (the bundled world model), ``analyze`` (a report of what HERO finds in
-a model) and ``bench`` (the benchmark DiT)."""
+a model) and ``bench`` (hero against full compute and the known caching methods)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     analyze.add_argument("--lowering", choices=("inductor", "aot_eager", "eager"), default="inductor",
                          help="how both plain and hero are compiled for the timing")
     bench = commands.add_parser("bench", help="hero against full compute and the known caching methods")
-    bench.add_argument("--models", default="world,dit", help="comma-separated: world, dit")
+    bench.add_argument("--models", default="world,dit,cogvideox", help="comma-separated: world, dit, cogvideox")
     bench.add_argument("--quick", action="store_true",
                        help="small models, few steps, fewer settings, aot_eager lowering: a smoke run of minutes")
     bench.add_argument("--lowering", choices=("inductor", "aot_eager", "eager"),
