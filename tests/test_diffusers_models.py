@@ -130,6 +130,9 @@ def generate(case: Case, model: torch.nn.Module) -> torch.Tensor:
     return x
 
 
+TAILS = {"flux": "single_transformer_blocks", "hunyuan_video": "single_transformer_blocks"}
+"""Models with a second stack after the first, skipped with the deep blocks on cheap steps."""
+
 NOT_YET = {
     "mochi": "the text tokens are packed with nonzero(), a data-dependent shape, so the graph falls back",
 }
@@ -152,6 +155,8 @@ def test_hero_defaults_accelerate_the_model_in_one_graph(name: str) -> None:
     assert graph.accelerated, graph.fallback_reason
     assert graph.cheap_steps > 0 and graph.generations == 2
     assert all(psnr(result, reference) > 30 for result in results)
+    tail = [path for path in graph.tail_blocks if path.startswith(TAILS.get(name, "-"))]
+    assert bool(tail) == (name in TAILS), graph.tail_blocks
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
