@@ -73,7 +73,8 @@ class BlockStack:
     stream_slots: tuple[InputSlot, ...]
     """Input slots through which one block passes its tokens to the next (hidden states, text states)."""
     tail_paths: tuple[str, ...] = ()
-    """Module paths of the blocks of the stacks that run after this one (single-stream blocks after dual ones)."""
+    """Module paths of the block-sized children that run after the stack: its own last blocks where they differ
+    from the others, then the stacks that follow (single-stream blocks after dual-stream ones)."""
     tail: tuple[str, ...] = ()
     """Every node from the end of the last block to the end of the last tail block (glue included)."""
 

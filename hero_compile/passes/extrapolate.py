@@ -115,26 +115,19 @@ def _residual_base(stack: BlockStack, first_deep: Block, position: int, nodes: d
     if slot is None:
         return None
     base = stack.input_at(first_deep, slot, nodes)
-    out_value = nodes[first_deep.nodes[position]].meta.get("example_value")
-    base_value = base.meta.get("example_value")
-    same = (
-        isinstance(out_value, torch.Tensor)
-        and isinstance(base_value, torch.Tensor)
-        and out_value.shape == base_value.shape
-        and out_value.dtype == base_value.dtype
-    )
-    return base.name if same else None
+    return base.name if _shaped_alike(nodes[first_deep.nodes[position]], base) else None
 
 
 def _same_shaped(node: fx.Node, bases: list[fx.Node]) -> str | None:
     """The one segment input shaped like ``node``'s value (a tail stream's residual base), if exactly one is."""
-    value = node.meta.get("example_value")
-    matches = [
-        b.name for b in bases
-        if isinstance(value, torch.Tensor) and isinstance(b.meta.get("example_value"), torch.Tensor)
-        and b.meta["example_value"].shape == value.shape and b.meta["example_value"].dtype == value.dtype
-    ]
+    matches = [b.name for b in bases if _shaped_alike(node, b)]
     return matches[0] if len(matches) == 1 else None
+
+
+def _shaped_alike(a: fx.Node, b: fx.Node) -> bool:
+    """Whether both nodes' values are tensors of one shape and dtype (a residual of one over the other exists)."""
+    x, y = a.meta.get("example_value"), b.meta.get("example_value")
+    return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape and x.dtype == y.dtype
 
 
 def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.GraphModule:
