@@ -61,8 +61,7 @@ class HeroBackend:
         try:
             runtime = _build_runtime(gm, example_inputs, config, inductor_options, stats)
         except RewriteUnsupported as reason:
-            log.warning("hero: graph %d is compiled without acceleration: %s", stats.graph_id, reason)
-            stats.fallback_reason = str(reason)
+            _record_fallback(stats, reason)
             return plain()
         self._runtimes[stats.graph_id] = runtime
         return runtime
@@ -128,7 +127,6 @@ def _build_runtime(
     inductor_options: dict[str, Any],
     stats: GraphStats,
 ) -> HeroRuntime:
-    _reject_data_dependent_shapes(gm)
     timestep_index = _timestep_input(gm)
     roles = InputRoles(timestep_index, tuple(_activation_inputs(gm)))
     stats.timestep_input = _placeholders(gm)[timestep_index].name
@@ -154,7 +152,8 @@ def _build_runtime(
         variant=compile_variant(add_variability_outputs(gm, stack), [*example_inputs, *measured_examples(gm, stack)]),
         recorder=VariabilityRecorder(stack.paths),
         zero_previous=zero_previous_outputs(gm, stack),
-        build=partial(_in_tracing_context, torch._guards.TracingContext.try_get(), build),
+        build=partial(_in_tracing_context, torch._guards.TracingContext.try_get(),
+                      partial(_variants_or_plain, build, gm, example_inputs, compile_variant, stats)),
     )
     return HeroRuntime(config, roles, stats, profiling=profiling)
 
@@ -164,6 +163,25 @@ def _in_tracing_context(context: Any, build: Callable[[int], Variants], split: i
     shape environment of their symbolic sizes, are what the full variant is compiled for."""
     with torch._guards.tracing(context):
         return build(split)
+
+
+def _variants_or_plain(build: Callable[[int], Variants], gm: fx.GraphModule, example_inputs: Sequence[Any],
+                       compile_variant: Callable[[fx.GraphModule, Sequence[Any]], CompiledFn], stats: GraphStats,
+                       split: int) -> Variants:
+    """The variants of the split profiling chose or, if the graph cannot be rewritten for it, the plain graph
+    alone (every step full, the reason in ``stats``)."""
+    try:
+        return build(split)
+    except RewriteUnsupported as reason:
+        _record_fallback(stats, reason)
+        spec = VariantSpec(num_outputs=len(_outputs(gm)), num_streams=0, history_length=0, num_refresh_caches=0,
+                           token_grid=None)
+        return Variants(spec, compile_variant(gm, example_inputs), None)
+
+
+def _record_fallback(stats: GraphStats, reason: RewriteUnsupported) -> None:
+    log.warning("hero: graph %d is compiled without acceleration: %s", stats.graph_id, reason)
+    stats.fallback_reason = str(reason)
 
 
 def _configured_profile(config: HeroConfig) -> VariabilityProfile | None:
@@ -305,14 +323,6 @@ def _timestep_input(gm: fx.GraphModule) -> int:
         raise RewriteUnsupported("no timestep input: no tensor argument with at most one dimension")
     named = [i for i in candidates if any(h in placeholders[i].name.lower() for h in _TIMESTEP_NAME_HINTS)]
     return (named or candidates)[0]
-
-
-def _reject_data_dependent_shapes(gm: fx.GraphModule) -> None:
-    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
-
-    for node in gm.graph.nodes:
-        if free_unbacked_symbols(node.meta.get("example_value")):
-            raise RewriteUnsupported(f"node {node.name!r} ({node.target}) has a data-dependent shape or value")
 
 
 DEFAULT_BACKEND = HeroBackend()

@@ -244,6 +244,28 @@ class DataDependentModel(StackModel):
         self.eval()
 
 
+class CountingBlock(MLPBlock):
+    """A block with a side effect outside itself: it counts its calls in a buffer."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width)
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros(()))
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        self.seen.copy_(h.mean())
+        return super().forward(h, cond)
+
+
+class CountingModel(StackModel):
+    def __init__(self, depth: int = 4, width: int = 16, channels: int = 4, seed: int = 0) -> None:
+        super().__init__(depth, width, channels, seed)
+        torch.manual_seed(seed)
+        self.blocks = nn.ModuleList(CountingBlock(width) for _ in range(depth))
+        self.eval()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # A DiT with a conditioning input (class or text embedding), for classifier-free guidance.
 # --------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from conftest import Recorder, assert_no_recompiles, fresh_dynamo, recompile_rep
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from models import (
+    CountingModel,
     DataDependentModel,
     DualStreamTransformer,
     NoStackModel,
@@ -80,9 +81,9 @@ def test_disabled_equals_eager() -> None:
     ("make_model", "reason"),
     [
         (lambda: NoStackModel(), "no block stack"),
-        (lambda: DataDependentModel(depth=4), "data-dependent"),
+        (lambda: CountingModel(depth=4), "side effects"),
     ],
-    ids=["no_block_stack", "data_dependent_op"],
+    ids=["no_block_stack", "deep_block_side_effect"],
 )
 def test_fallback_compiles_plain_and_warns_once(
     make_model: Callable[[], torch.nn.Module], reason: str, caplog: pytest.LogCaptureFixture
@@ -383,6 +384,26 @@ def test_dual_stream_cheap_step_repeats_last_full_output(variant: dict[str, Any]
     calls = recorder.take()
     assert any(not c.full for c in calls)
     assert_cheap_calls_repeat_last_full(calls)
+
+
+@pytest.mark.parametrize("cache_target", ["output", "residual"])
+def test_blocks_with_data_dependent_sizes_accelerate(cache_target: str) -> None:
+    """Blocks that pack values with ``nonzero()`` (as Mochi's attention packs its text tokens): the deep ones are
+    skipped with Dynamo's runtime checks of those sizes, the shallow ones still run them on cheap steps."""
+    model = DataDependentModel(depth=4)
+    noise = torch.randn(1, 6, 4, generator=torch.Generator().manual_seed(3))
+    backend = HeroBackend(AOT.replace(cache_target=cache_target))
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        compiled = torch.compile(model, backend=backend, fullgraph=True)
+        results = [euler(compiled, noise, 12) for _ in range(2)]
+    assert_no_recompiles(recompile_report())
+    (graph,) = backend.stats().graphs
+    assert graph.accelerated, graph.fallback_reason
+    assert graph.cheap_steps > 0 and graph.generations == 2
+    reference = euler(model, noise, 12)
+    assert all(psnr(result, reference) >= 30.0 for result in results)
+    if cache_target == "residual":  # the shallow blocks run in full on cheap steps, nonzero() included
+        assert all("depends on data" in why for why in graph.refresh_skipped.values()), graph.refresh_skipped
 
 
 def test_single_stream_tail_with_residual_caching_accelerates() -> None:

@@ -133,15 +133,7 @@ def generate(case: Case, model: torch.nn.Module) -> torch.Tensor:
 TAILS = {"flux": "single_transformer_blocks", "hunyuan_video": "single_transformer_blocks"}
 """Models with a second stack after the first, skipped with the deep blocks on cheap steps."""
 
-NOT_YET = {
-    "mochi": "the text tokens are packed with nonzero(), a data-dependent shape, so the graph falls back",
-}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[name])) if name in NOT_YET else name
-    for name in sorted(CASES)
-])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_hero_defaults_accelerate_the_model_in_one_graph(name: str) -> None:
     torch.manual_seed(0)
     case = CASES[name]()

@@ -21,7 +21,9 @@ from hero_compile.config import CacheTarget
 from hero_compile.passes.discover_blocks import Block, BlockStack, flat_args, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.graph_surgery import (
+    RUNTIME_ASSERTS,
     append_placeholders,
+    checked_tensors,
     copy_graph,
     new_graph_module,
     view_chain,
@@ -98,10 +100,13 @@ def _depending_on(sources: set[str], candidates: tuple[str, ...], nodes: dict[st
 
 def _has_outside_effect(node: fx.Node, inside: set[str]) -> bool:
     """Whether skipping ``node`` changes anything outside the segment. Writes into values the segment created
-    (rotary embeddings applied in place to its own queries) are invisible outside it."""
+    (rotary embeddings applied in place to its own queries) are invisible outside it, and so are Dynamo's runtime
+    checks of sizes the segment computes (the length ``nonzero()`` packs a mask to)."""
     target = written_value(node)
     if target is not None:
         return any(alias.name not in inside for alias in view_chain(target))
+    if node.target in RUNTIME_ASSERTS:
+        return not checked_tensors(node) <= inside
     return node.is_impure()
 
 

@@ -46,23 +46,41 @@ def append_outputs(graph: fx.Graph, values: list[fx.Node]) -> None:
     output.args = ((*existing, *values),)
 
 
+RUNTIME_ASSERTS = (torch.ops.aten._assert_scalar.default, torch.ops.aten.sym_constrain_range_for_size.default)
+"""Dynamo's runtime checks of data-dependent sizes (the length ``nonzero()`` packs a mask to)."""
+
+
 def live_nodes(graph: fx.Graph) -> set[str]:
     """Names of the nodes the outputs depend on, side effects included.
 
-    In-place writes into values the graph computes (``q[:, :, n:] = rotary(...)``) are live only while the
-    written value, or a tensor it is a view of, is live: fx's own dead-code elimination keeps every such write,
-    and with it the whole computation of a block the rewrite no longer needs.
+    In-place writes into values the graph computes (``q[:, :, n:] = rotary(...)``), unlike writes into its
+    inputs, are live only while the written value, or a tensor it is a view of, is live: fx's own dead-code
+    elimination keeps every such write, and with it the whole computation of a block the rewrite no longer
+    needs. Runtime asserts likewise live only while the tensors whose sizes they check do.
     """
     writes: dict[str, list[fx.Node]] = defaultdict(list)
     roots: list[fx.Node] = [graph.output_node()]
+    asserts: list[fx.Node] = []
     for node in graph.nodes:
         target = written_value(node)
-        if target is not None:
+        if target is not None and any(alias.op == "placeholder" for alias in view_chain(target)):
+            roots.append(node)  # a write into an input (a buffer's counter) is seen by the caller
+        elif target is not None:
             for alias in view_chain(target):
                 writes[alias.name].append(node)
+        elif node.target in RUNTIME_ASSERTS:
+            asserts.append(node)
         elif node.op not in ("placeholder", "output") and node.is_impure():
             roots.append(node)
     live: set[str] = set()
+    _mark_live(roots, live, writes)
+    # Checks only reach symbolic scalars and the tensors they check, which are live already.
+    _mark_live([node for node in asserts if checked_tensors(node) <= live], live, writes)
+    return live
+
+
+def _mark_live(roots: list[fx.Node], live: set[str], writes: dict[str, list[fx.Node]]) -> None:
+    """Add ``roots``, their inputs and the writes into them, transitively, to ``live``."""
     while roots:
         node = roots.pop()
         if node.name in live:
@@ -70,7 +88,20 @@ def live_nodes(graph: fx.Graph) -> set[str]:
         live.add(node.name)
         roots.extend(flat_args(node))
         roots.extend(writes.get(node.name, ()))
-    return live
+
+
+def checked_tensors(assertion: fx.Node) -> set[str]:
+    """The tensors whose sizes or values a runtime assert checks: its inputs, followed up through symbolic
+    scalars (``sym_size_int(nonzero, 0) >= 0`` checks ``nonzero``)."""
+    tensors: set[str] = set()
+    pending = flat_args(assertion)
+    while pending:
+        node = pending.pop()
+        if isinstance(node.meta.get("example_value", node.meta.get("val")), (torch.SymInt, torch.SymBool, int, bool)):
+            pending.extend(flat_args(node))
+        else:
+            tensors.add(node.name)
+    return tensors
 
 
 def without_dead_code(gm: fx.GraphModule) -> fx.GraphModule:
@@ -99,7 +130,7 @@ def written_value(node: fx.Node) -> fx.Node | None:
     if not (in_place_method or node.target is operator.setitem):
         return None
     target = node.args[0]
-    return target if isinstance(target, fx.Node) and target.op != "placeholder" else None
+    return target if isinstance(target, fx.Node) else None
 
 
 def view_chain(node: fx.Node) -> list[fx.Node]:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
+from torch._guards import TracingContext, detect_fake_mode, tracing
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv, free_unbacked_symbols
 
 from hero_compile.config import Lowering
+from hero_compile.passes.graph_surgery import copy_graph, new_graph_module
 
 CompiledFn = Callable[..., Any]
 
@@ -15,7 +20,23 @@ CompiledFn = Callable[..., Any]
 def lower(
     gm: fx.GraphModule, example_inputs: Sequence[Any], lowering: Lowering, inductor_options: dict[str, Any]
 ) -> CompiledFn:
-    """Compile ``gm`` for ``example_inputs``: Inductor with ``inductor_options``, AOT-eager, or plain FX."""
+    """Compile ``gm`` for ``example_inputs``: Inductor with ``inductor_options``, AOT-eager, or plain FX.
+
+    A variant compiled later for real inputs (outside Dynamo's tracing) that packs values with ``nonzero()`` is
+    traced with fake copies of them and a shape environment of its own, in which such sizes can be symbols.
+    """
+    if detect_fake_mode(example_inputs) is None and _has_data_dependent_sizes(gm):
+        fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+        fakes = [fake_mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
+                 for x in example_inputs]
+        with tracing(TracingContext(fake_mode)):
+            return _lower(_without_unbacked_bindings(gm), fakes, lowering, inductor_options)
+    return _lower(gm, example_inputs, lowering, inductor_options)
+
+
+def _lower(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], lowering: Lowering, inductor_options: dict[str, Any]
+) -> CompiledFn:
     if lowering == "inductor":
         from torch._inductor.compile_fx import compile_fx
 
@@ -27,3 +48,16 @@ def lower(
 
         return lookup_backend("aot_eager")(gm, list(example_inputs))
     return gm.forward
+
+
+def _without_unbacked_bindings(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` that no longer ties its data-dependent sizes to Dynamo's symbols: tracing it in a new
+    shape environment then names them afresh instead of renaming them to symbols that environment lacks."""
+    graph, nodes = copy_graph(gm.graph)
+    for node in nodes.values():
+        node.meta.pop("unbacked_bindings", None)
+    return new_graph_module(gm, graph)
+
+
+def _has_data_dependent_sizes(gm: fx.GraphModule) -> bool:
+    return any(free_unbacked_symbols(node.meta.get("example_value")) for node in gm.graph.nodes)

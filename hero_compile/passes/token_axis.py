@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from hero_compile.passes.discover_blocks import Block, flat_args, nodes_by_name
 from hero_compile.passes.errors import RewriteUnsupported
@@ -165,6 +166,10 @@ class _Rule:
         return RewriteUnsupported(f"token axis lost at node {self.node.name!r} ({_op_name(self.node)}): {why}")
 
     def output_axis(self) -> NodeAxis | None:
+        if free_unbacked_symbols(self.node.meta.get("example_value")) and any(
+            self.axis_of(a) is not None for a in flat_args(self.node)
+        ):
+            raise self.reject("its size depends on data (a mask packed with nonzero())")
         rule = _rule_for(self.node)
         if rule in (_elementwise, _concatenate):
             assert rule is not None
@@ -472,6 +477,7 @@ def _attention(rule: _Rule) -> NodeAxis | None:
 
 _ELEMENTWISE_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow,
+    operator.gt, operator.ge, operator.lt, operator.le, operator.eq, operator.ne,
     torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.pow, torch.tanh, torch.sigmoid, torch.exp,
     torch.rsqrt, torch.sqrt, torch.clamp, torch.where, torch.sin, torch.cos,
     F.gelu, F.silu, F.relu, F.dropout, F.mish, F.sigmoid,
@@ -479,6 +485,7 @@ _ELEMENTWISE_FUNCTIONS = {
 _ELEMENTWISE_METHODS = {
     "add", "sub", "mul", "div", "neg", "pow", "tanh", "sigmoid", "exp", "rsqrt", "sqrt", "clamp",
     "float", "half", "bfloat16", "to", "type_as", "type", "contiguous", "clone", "sin", "cos",
+    "gt", "ge", "lt", "le", "eq", "ne",
 }
 _RULES: dict[Any, Callable[[_Rule], NodeAxis | None]] = {
     torch._C._nn.linear: _keep_unless_last,
