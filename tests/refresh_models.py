@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hero_compile.testing.dit import apply_rotary
+
 STYLES = ("dit", "cogvideox", "flux")
 
 
@@ -23,13 +25,6 @@ def rotary_tables(positions: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]
     freqs = 1.0 / (100.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     angles = torch.arange(positions, dtype=torch.float32)[:, None] * freqs[None]
     return angles.cos().repeat_interleave(2, dim=-1), angles.sin().repeat_interleave(2, dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of ``x`` (``(batch, heads, tokens, head_dim)``) by the tables."""
-    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
-    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
-    return x * cos + rotated * sin
 
 
 def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -70,6 +70,13 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of ``x`` (``(batch, heads, tokens, head_dim)``) by cos/sin tables that broadcast to it."""
+    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return x * cos + rotated * sin
+
+
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero modulation from the conditioning vector."""
 
@@ -86,11 +93,14 @@ class DiTBlock(nn.Module):
         )
         self.ada = nn.Linear(hidden, 6 * hidden)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=-1)
         b, n, d = x.shape
         h = modulate(self.norm1(x), shift1, scale1)
         q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         attn = F.scaled_dot_product_attention(q, k, v)
         x = x + gate1[:, None] * self.proj(attn.transpose(1, 2).reshape(b, n, d))
         h = modulate(self.norm2(x), shift2, scale2)
