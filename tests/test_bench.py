@@ -21,6 +21,8 @@ from hero_compile.bench.models import BenchModel, latent_metrics
 from hero_compile.bench.tables import matched_quality, pareto_front
 from hero_compile.cli import main
 from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
+from hero_compile.world.model import WorldModel, WorldModelConfig
+from hero_compile.world.rollout import rollout
 
 OPTIONS = BuildOptions("aot_eager", fullgraph=False, calls_per_step=1)
 SMALL_DIT = DiTConfig(hidden=32, heads=2, depth=3, frames=1, height=8, width=8)
@@ -50,6 +52,36 @@ def test_baseline_at_its_exact_setting_equals_full_compute(method: Method, dit: 
     """FORA at interval 1 computes every step; ToCa and DuCa at ratio 1.0 recompute every token (DuCa's
     aggressive steps aside: interval 2 has none); FBCache and WorldCache with threshold 0 never skip."""
     torch.testing.assert_close(generate(method, dit), full_output, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def rotary_world_model() -> WorldModel:
+    """A small world model (its blocks take rotary tables) with random weights: adaLN-Zero would start every
+    block as the identity, which any cache reproduces."""
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(hidden=32, heads=2, depth=3))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def world_rollout(method: Method, model: WorldModel, steps: int = 6) -> torch.Tensor:
+    config = model.config
+    context = torch.randn(1, config.channels, config.context_frames, config.resolution, config.resolution,
+                          generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        return rollout(method.build(model, OPTIONS).denoiser, context, torch.tensor([[0, 1]]), config, steps, 1.0)
+
+
+@pytest.mark.parametrize("method", [toca(1.0, 3), duca(1.0, 2), first_block_cache(0.0), worldcache(0.0, 6)],
+                         ids=lambda m: m.name)
+def test_host_side_baselines_rotate_queries_and_keys_as_the_blocks_do(method: Method,
+                                                                      rotary_world_model: WorldModel) -> None:
+    """At their exact settings, on blocks called as ``block(h, cond, rotary)``: each refreshed query keeps its
+    own token's rotation."""
+    torch.testing.assert_close(world_rollout(method, rotary_world_model),
+                               world_rollout(full_compute(), rotary_world_model), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", [fora(3), toca(0.25, 3), duca(0.25, 3), first_block_cache(10.0)],

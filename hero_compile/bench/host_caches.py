@@ -24,9 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hero_compile.bench.methods import BuildOptions, Candidate, Method, compile_with
-from hero_compile.testing.dit import DiTBlock, modulate
+from hero_compile.testing.dit import DiTBlock, apply_rotary, modulate
 
 Selection = Literal["attention", "random"]
+Rotary = tuple[torch.Tensor, torch.Tensor] | None
+"""The cos/sin tables the model passes its blocks (``block(h, cond, rotary)``), or ``None``."""
 
 STALENESS_WEIGHT = 0.5
 """ToCa's cache-frequency term: a token's score grows by this much per step since it was last computed,
@@ -55,12 +57,13 @@ class HostCachedStack(nn.Module):
         return sum(_nbytes(value) for slot in self.slots.values() for value in slot.values())
 
     @torch.compiler.disable
-    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary = None) -> torch.Tensor:
         step, slot = divmod(self.calls, self.calls_per_step)
         self.calls += 1
-        return self.run(h, cond, step, self.slots.setdefault(slot, {}))
+        return self.run(h, cond, rotary, step, self.slots.setdefault(slot, {}))
 
-    def run(self, h: torch.Tensor, cond: torch.Tensor, step: int, cache: dict[str, Any]) -> torch.Tensor:
+    def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
+            ) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -72,9 +75,9 @@ def _nbytes(value: Any) -> int:
     return 0
 
 
-def _run_blocks(blocks: nn.ModuleList, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+def _run_blocks(blocks: nn.ModuleList, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary) -> torch.Tensor:
     for block in blocks:
-        h = block(h, cond)
+        h = block(h, cond, rotary)
     return h
 
 
@@ -90,15 +93,16 @@ class FirstBlockCache(HostCachedStack):
         self.first = compile_with(options, blocks[0], fullgraph=True)
         self.rest = compile_with(options, _run_blocks, fullgraph=True)
 
-    def run(self, h: torch.Tensor, cond: torch.Tensor, step: int, cache: dict[str, Any]) -> torch.Tensor:
-        first = self.first(h, cond)
+    def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
+            ) -> torch.Tensor:
+        first = self.first(h, cond, rotary)
         residual = first - h
         previous = cache.get("first_residual")
         if previous is not None:
             change = (residual - previous).abs().mean() / previous.abs().mean()
             if change.item() < self.threshold:
                 return first + cache["rest_residual"]
-        out = self.rest(self.rest_blocks, first, cond)
+        out = self.rest(self.rest_blocks, first, cond, rotary)
         cache.update(first_residual=residual, rest_residual=out - first)
         return out
 
@@ -128,13 +132,14 @@ class TokenCache(HostCachedStack):
         super().reset()
         self.generator.manual_seed(0)
 
-    def run(self, h: torch.Tensor, cond: torch.Tensor, step: int, cache: dict[str, Any]) -> torch.Tensor:
+    def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
+            ) -> torch.Tensor:
         cached_step = step % self.interval
         if cached_step == 0 or "branches" not in cache:
             cache["branches"], cache["scores"] = [], []
             cache["staleness"] = torch.zeros(len(self.blocks), h.shape[1])
             for block in self.blocks:
-                h, attn, mlp, scores = self.full_block(block, h, cond, self.explicit)
+                h, attn, mlp, scores = self.full_block(block, h, cond, rotary, self.explicit)
                 cache["branches"].append((attn, mlp))
                 cache["scores"].append(scores)
             return h
@@ -147,7 +152,7 @@ class TokenCache(HostCachedStack):
         for i, block in enumerate(self.blocks):
             tokens = self._choose(cache["scores"][i], staleness[i], count)
             attn, mlp = cache["branches"][i]
-            h, attn, mlp, scores = self.partial_block(block, h, cond, tokens, attn, mlp, self.explicit)
+            h, attn, mlp, scores = self.partial_block(block, h, cond, rotary, tokens, attn, mlp, self.explicit)
             cache["branches"][i] = (attn, mlp)
             if self.explicit:
                 cache["scores"][i] = scores
@@ -172,13 +177,15 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, explicit: bool
     return probabilities @ v, probabilities.mean(dim=(0, 1, 2))
 
 
-def _full_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, explicit: bool
+def _full_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, rotary: Rotary, explicit: bool
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The block, returning its output, its two branch outputs and the keys' attention scores."""
     shift1, scale1, gate1, shift2, scale2, gate2 = block.ada(F.silu(c)).chunk(6, dim=-1)
     b, n, d = x.shape
     h = modulate(block.norm1(x), shift1, scale1)
     q, k, v = block.qkv(h).view(b, n, 3, block.heads, d // block.heads).permute(2, 0, 3, 1, 4)
+    if rotary is not None:
+        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
     attn, scores = _attention(q, k, v, explicit)
     attn_branch = gate1[:, None] * block.proj(attn.transpose(1, 2).reshape(b, n, d))
     x = x + attn_branch
@@ -186,7 +193,7 @@ def _full_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, explicit: boo
     return x + mlp_branch, attn_branch, mlp_branch, scores
 
 
-def _partial_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, tokens: torch.Tensor,
+def _partial_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, rotary: Rotary, tokens: torch.Tensor,
                    attn_branch: torch.Tensor, mlp_branch: torch.Tensor, explicit: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The block with both branches recomputed for ``tokens`` only (their queries attend to every token)."""
@@ -198,6 +205,9 @@ def _partial_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, tokens: to
     b_q, b_kv = block.qkv.bias.split([d, 2 * d])
     q = F.linear(h[:, tokens], w_q, b_q).view(b, m, heads, d // heads).transpose(1, 2)
     k, v = F.linear(h, w_kv, b_kv).view(b, n, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
+    if rotary is not None:  # each query keeps its own token's rotation
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos[tokens], sin[tokens]), apply_rotary(k, cos, sin)
     attn, scores = _attention(q, k, v, explicit)
     fresh_attn = gate1[:, None] * block.proj(attn.transpose(1, 2).reshape(b, m, d))
     attn_branch = attn_branch.index_copy(1, tokens, fresh_attn)
@@ -270,13 +280,14 @@ class WorldCache(HostCachedStack):
         self.warmup_steps = round(settings.warmup * steps)
         self.compute = compile_with(options, _run_blocks, fullgraph=True)
 
-    def run(self, h: torch.Tensor, cond: torch.Tensor, step: int, cache: dict[str, Any]) -> torch.Tensor:
+    def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
+            ) -> torch.Tensor:
         position = step % self.steps
         if position == 0:
             cache.clear()
         if self._predictable(position, cache):
             return self._predict(position - cache["position"], cache)
-        out = self.compute(self.blocks, h, cond)
+        out = self.compute(self.blocks, h, cond, rotary)
         self._record(position, out, cache)
         return out
 
@@ -332,7 +343,8 @@ def host_cache_method(name: str, family: str, implementation: str,
         copied = copy.deepcopy(model)
         blocks = copied.blocks
         if not isinstance(blocks, nn.ModuleList):
-            raise TypeError(f"{name} needs a model whose `blocks` is an nn.ModuleList called as block(h, cond)")
+            raise TypeError(f"{name} needs a model whose `blocks` is an nn.ModuleList called as "
+                            "block(h, cond[, rotary])")
         stack = make_stack(blocks, options)
         copied.blocks = nn.ModuleList([stack])
         return Candidate(compile_with(options, copied), stack.reset, stack.cache_bytes)
