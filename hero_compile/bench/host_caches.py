@@ -77,8 +77,14 @@ def _nbytes(value: Any) -> int:
 
 def _run_blocks(blocks: nn.ModuleList, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary) -> torch.Tensor:
     for block in blocks:
-        h = block(h, cond, rotary)
+        h = _call_block(block, h, cond, rotary)
     return h
+
+
+def _call_block(block: Callable[..., torch.Tensor], h: torch.Tensor, cond: torch.Tensor, rotary: Rotary
+                ) -> torch.Tensor:
+    """``block(h, cond)``, with the rotary tables only if the model passed some (not every block takes them)."""
+    return block(h, cond) if rotary is None else block(h, cond, rotary)
 
 
 class FirstBlockCache(HostCachedStack):
@@ -95,7 +101,7 @@ class FirstBlockCache(HostCachedStack):
 
     def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
             ) -> torch.Tensor:
-        first = self.first(h, cond, rotary)
+        first = _call_block(self.first, h, cond, rotary)
         residual = first - h
         previous = cache.get("first_residual")
         if previous is not None:
