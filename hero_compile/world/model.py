@@ -61,42 +61,32 @@ class WorldModelConfig:
         return asdict(self)
 
 
-def sincos_position_embedding(sizes: tuple[int, int, int], dim: int) -> torch.Tensor:
-    """``(1, frames * rows * columns, dim)``: sines and cosines of the frame, row and column indices, a quarter
-    of ``dim`` for the frame and three eighths for each spatial axis."""
-    frame_dim = dim // 4
-    space_dim = (dim - frame_dim) // 2
-    axes = []
-    for size, width in zip(sizes, (frame_dim, space_dim, dim - frame_dim - space_dim)):
-        frequencies = 1.0 / 100.0 ** (torch.arange(width // 2, dtype=torch.float64) / (width // 2))
-        angles = torch.arange(size, dtype=torch.float64)[:, None] * frequencies[None]
-        axes.append(torch.cat([angles.sin(), angles.cos()], dim=-1))
+def _grid_angles(sizes: tuple[int, int, int], count: int) -> list[torch.Tensor]:
+    """For each axis of the (frame, row, column) grid, every token's angles ``(frames * rows * columns, n)``: its
+    index on that axis times ``n`` frequencies from 1 down towards 1/100. Of the ``count`` frequencies a quarter
+    go to the frame and three eighths to each spatial axis."""
+    frame = count // 4
+    row = (count - frame) // 2
     f, h, w = sizes
-    embedding = torch.cat([
-        axes[0][:, None, None].expand(f, h, w, -1),
-        axes[1][None, :, None].expand(f, h, w, -1),
-        axes[2][None, None, :].expand(f, h, w, -1),
-    ], dim=-1)
-    return embedding.reshape(1, f * h * w, dim).float()
+    axes = []
+    for size, n, view in zip(sizes, (frame, row, count - frame - row), ((f, 1, 1), (1, h, 1), (1, 1, w))):
+        frequencies = 1.0 / 100.0 ** (torch.arange(n, dtype=torch.float64) / n)
+        angles = torch.arange(size, dtype=torch.float64)[:, None] * frequencies[None]
+        axes.append(angles.reshape(*view, n).expand(f, h, w, n).reshape(f * h * w, n))
+    return axes
+
+
+def sincos_position_embedding(sizes: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """``(1, frames * rows * columns, dim)``: sines and cosines of the frame, row and column indices."""
+    axes = _grid_angles(sizes, dim // 2)
+    return torch.cat([torch.cat([a.sin(), a.cos()], dim=-1) for a in axes], dim=-1)[None].float()
 
 
 def rotary_tables(sizes: tuple[int, int, int], head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables ``(frames * rows * columns, head_dim)`` of a 3D rotary embedding: a quarter of the channel
-    pairs rotate with the frame index, three eighths with the row and the rest with the column, so that
-    attention scores depend on how far apart two tokens are (a turn shifts the view by whole patches)."""
-    pairs = head_dim // 2
-    frame_pairs = pairs // 4
-    row_pairs = (pairs - frame_pairs) // 2
-    axes = []
-    for size, count in zip(sizes, (frame_pairs, row_pairs, pairs - frame_pairs - row_pairs)):
-        frequencies = 1.0 / 100.0 ** (torch.arange(count, dtype=torch.float64) / count)
-        axes.append(torch.arange(size, dtype=torch.float64)[:, None] * frequencies[None])
-    f, h, w = sizes
-    angles = torch.cat([
-        axes[0][:, None, None].expand(f, h, w, -1),
-        axes[1][None, :, None].expand(f, h, w, -1),
-        axes[2][None, None, :].expand(f, h, w, -1),
-    ], dim=-1).reshape(f * h * w, pairs).repeat_interleave(2, dim=-1)
+    """cos/sin tables ``(frames * rows * columns, head_dim)`` of a 3D rotary embedding (each channel pair rotates
+    with one axis's index), so that attention scores depend on how far apart two tokens are (a turn shifts the
+    view by whole patches)."""
+    angles = torch.cat(_grid_angles(sizes, head_dim // 2), dim=-1).repeat_interleave(2, dim=-1)
     return angles.cos().float(), angles.sin().float()
 
 
