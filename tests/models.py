@@ -56,7 +56,10 @@ class MLPBlock(nn.Module):
 
 class StackModel(nn.Module):
     """``x: (batch, tokens, channels)``. The postlude reads only the stack's output (no timestep), so a cheap
-    step's output is a function of the predicted deep feature alone."""
+    step's output is a function of the predicted deep feature alone. Subclasses change the blocks by
+    ``block_type``."""
+
+    block_type: type[nn.Module] = MLPBlock
 
     def __init__(self, depth: int = 4, width: int = 16, channels: int = 4, seed: int = 0) -> None:
         super().__init__()
@@ -64,7 +67,7 @@ class StackModel(nn.Module):
         self.width = width
         self.embed = nn.Linear(channels, width)
         self.time = nn.Linear(width, width)
-        self.blocks = nn.ModuleList(MLPBlock(width) for _ in range(depth))
+        self.blocks = nn.ModuleList(self.block_type(width) for _ in range(depth))
         self.out = nn.Linear(width, channels)
         self.eval()
 
@@ -237,11 +240,7 @@ class NonzeroBlock(MLPBlock):
 
 
 class DataDependentModel(StackModel):
-    def __init__(self, depth: int = 4, width: int = 16, channels: int = 4, seed: int = 0) -> None:
-        super().__init__(depth, width, channels, seed)
-        torch.manual_seed(seed)
-        self.blocks = nn.ModuleList(NonzeroBlock(width) for _ in range(depth))
-        self.eval()
+    block_type = NonzeroBlock
 
 
 class CountingBlock(MLPBlock):
@@ -259,11 +258,7 @@ class CountingBlock(MLPBlock):
 
 
 class CountingModel(StackModel):
-    def __init__(self, depth: int = 4, width: int = 16, channels: int = 4, seed: int = 0) -> None:
-        super().__init__(depth, width, channels, seed)
-        torch.manual_seed(seed)
-        self.blocks = nn.ModuleList(CountingBlock(width) for _ in range(depth))
-        self.eval()
+    block_type = CountingBlock
 
 
 # --------------------------------------------------------------------------------------------------------------
