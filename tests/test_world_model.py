@@ -51,35 +51,35 @@ def test_shipped_weights_are_small_and_the_model_is_a_real_dit(model: WorldModel
     assert len(model.blocks) >= 8 and config.frames * config.tokens_per_frame >= 1024
 
 
-@pytest.fixture(scope="module")
-def held_out_rollouts(model: WorldModel) -> dict[str, float]:
-    """PSNR against the ground truth of rollouts with the true actions, with wrong actions, and of copying the
-    last context frame, on four held-out mazes (2 chunks, 12 steps, default guidance)."""
+def psnr_against_truth(model: WorldModel, seeds: range, wrong_actions: bool = False) -> dict[str, float]:
+    """PSNR against the ground truth of rollouts (2 chunks, 12 steps, default guidance) and of copying the last
+    context frame, on held-out mazes; with ``wrong_actions`` also of rollouts with every action changed."""
     config = model.config
-    scenarios = [scenario(seed, 2, config) for seed in HELD_OUT_SEEDS[:4]]
+    scenarios = [scenario(seed, 2, config) for seed in seeds]
     truth = torch.stack([s.frames[:, config.context_frames :] for s in scenarios])
     last = torch.stack([s.frames[:, config.context_frames - 1 : config.context_frames] for s in scenarios])
+    scores = {"copy_last": psnr(last.expand_as(truth), truth)}
     with torch.no_grad():
-        predicted = rollout_scenarios(model, scenarios, config, steps=12)
-        context = torch.stack([s.frames[:, : config.context_frames] for s in scenarios])
-        actions = torch.stack([s.actions[config.context_frames - 1 :] for s in scenarios])
-        wrong = rollout(model, context, (actions + 1) % NUM_ACTIONS, config, steps=12)
-    copy_last = psnr(last.expand_as(truth), truth)
-    return {"true": psnr(predicted, truth), "wrong": psnr(wrong, truth), "copy_last": copy_last}
+        # Batches of 16: one batch of 64 runs twice as long on 2 cores.
+        batches = [scenarios[i : i + 16] for i in range(0, len(scenarios), 16)]
+        scores["true"] = psnr(torch.cat([rollout_scenarios(model, b, config, steps=12) for b in batches]), truth)
+        if wrong_actions:
+            context = torch.stack([s.frames[:, : config.context_frames] for s in scenarios])
+            actions = torch.stack([s.actions[config.context_frames - 1 :] for s in scenarios])
+            scores["wrong"] = psnr(rollout(model, context, (actions + 1) % NUM_ACTIONS, config, steps=12), truth)
+    return scores
 
 
-def test_actions_matter(held_out_rollouts: dict[str, float]) -> None:
-    assert held_out_rollouts["wrong"] < held_out_rollouts["true"] - 0.5
+def test_actions_matter(model: WorldModel) -> None:
+    scores = psnr_against_truth(model, HELD_OUT_SEEDS[:4], wrong_actions=True)
+    assert scores["wrong"] < scores["true"] - 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped weights come from 56 minutes of CPU training (1232 steps of batch 8): full compute scores "
-    "19.0 dB against the ground truth where copying the last frame scores 16.7 dB, 2.3 dB better, not 3 "
-    "(docs/world_model.md)",
-)
-def test_full_compute_beats_copying_the_last_frame_by_3_db(held_out_rollouts: dict[str, float]) -> None:
-    assert held_out_rollouts["true"] >= held_out_rollouts["copy_last"] + 3.0
+def test_full_compute_beats_copying_the_last_frame_by_3_db(model: WorldModel) -> None:
+    # Every held-out maze (about 6 minutes on 2 cores): the margin over copying varies from 1.8 to 4.7 dB
+    # between groups of 16 consecutive seeds, so a handful of seeds cannot tell whether it holds.
+    scores = psnr_against_truth(model, HELD_OUT_SEEDS)
+    assert scores["true"] >= scores["copy_last"] + 3.0
 
 
 def test_rollout_under_hero_is_one_graph_without_recompiles_across_chunks(model: WorldModel) -> None:
