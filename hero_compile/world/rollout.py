@@ -14,9 +14,9 @@ from hero_compile.world.model import NULL_ACTION, WorldModelConfig
 
 GUIDANCE = 1.5
 """Classifier-free guidance on the action. Aether uses 3; this model, which regresses the clean frames, scores
-worse against the ground truth the stronger the guidance (3: 16.8 dB, 2: 18.5, 1.5: 19.0, 1: 19.3 on 4
-held-out seeds, 12 steps; docs/world_model.md). 1.5 costs 0.25 dB and keeps the two calls per step that
-guidance costs real world models, which the caches must handle."""
+best against the ground truth at 1.5 (v4, 4 held-out seeds, 12 steps: 3: 18.2 dB, 2: 19.5, 1.5: 19.7, 1: 19.4;
+docs/world_model.md), with the two calls per step that guidance costs real world models, which the caches must
+handle."""
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
