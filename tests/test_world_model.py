@@ -4,6 +4,7 @@ rollout under hero is one graph with no recompiles across chunks."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from hero_compile.world.data import HELD_OUT_SEEDS
 from hero_compile.world.demo import psnr
 from hero_compile.world.env import NUM_ACTIONS
 from hero_compile.world.model import WorldModel
-from hero_compile.world.rollout import rollout, rollout_scenarios, scenario
+from hero_compile.world.rollout import rollout_scenarios, scenario
 from hero_compile.world.train import main as train_main
 
 
@@ -64,9 +65,8 @@ def psnr_against_truth(model: WorldModel, seeds: range, wrong_actions: bool = Fa
         batches = [scenarios[i : i + 16] for i in range(0, len(scenarios), 16)]
         scores["true"] = psnr(torch.cat([rollout_scenarios(model, b, config, steps=12) for b in batches]), truth)
         if wrong_actions:
-            context = torch.stack([s.frames[:, : config.context_frames] for s in scenarios])
-            actions = torch.stack([s.actions[config.context_frames - 1 :] for s in scenarios])
-            scores["wrong"] = psnr(rollout(model, context, (actions + 1) % NUM_ACTIONS, config, steps=12), truth)
+            wrong = [replace(s, actions=(s.actions + 1) % NUM_ACTIONS) for s in scenarios]
+            scores["wrong"] = psnr(rollout_scenarios(model, wrong, config, steps=12), truth)
     return scores
 
 
