@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_diffusers_models import CASES, generate
 
 from hero_compile import HeroBackend, HeroConfig
-from hero_compile.bench.metrics import psnr
+from hero_compile.measurement import psnr_over_reference_range
 
 
 def main() -> None:
@@ -41,8 +41,8 @@ def main() -> None:
         if not graph.accelerated:
             print(f"| {name} | - | - | - | falls back: {graph.fallback_reason} |")
             continue
-        print(f"| {name} | {len(graph.blocks)} | {graph.split} | {graph.full_steps} / {graph.cheap_steps} | "
-              f"{psnr(result, reference):.1f} |")
+        print(f"| {name} | {len(graph.blocks)} | {graph.split} | {graph.full_calls} / {graph.cheap_calls} | "
+              f"{psnr_over_reference_range(result, reference):.1f} |")
 
 
 if __name__ == "__main__":

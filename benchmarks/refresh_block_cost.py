@@ -5,7 +5,7 @@ Run: ``python benchmarks/refresh_block_cost.py``
 
 from __future__ import annotations
 
-from hero_compile.bench.block_cost import refreshed_block_cost
+from hero_bench.block_cost import refreshed_block_cost
 
 
 def main() -> None:

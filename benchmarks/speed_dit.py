@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from hero_compile.bench.speed import compare_on_dit
+from hero_bench.speed import compare_on_dit
+
 from hero_compile.config import HeroConfig
 
 RESIDUAL = HeroConfig(cache_target="residual")

@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hero_compile.bench.speed import compare_on_dit
+from hero_bench.speed import compare_on_dit
+from hero_world.demo import compare_on_world_model
+
 from hero_compile.config import HeroConfig
-from hero_compile.world.demo import compare_on_world_model
 
 MODES = {"output": HeroConfig(), "residual + refresh": HeroConfig(cache_target="residual")}
 BLOCKS = {"dit": 12, "world": 8}

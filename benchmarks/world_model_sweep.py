@@ -9,8 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
+from hero_world.demo import compare_on_world_model
+
 from hero_compile.config import HeroConfig
-from hero_compile.world.demo import compare_on_world_model
 
 RESIDUAL = HeroConfig(cache_target="residual")
 

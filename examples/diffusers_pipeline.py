@@ -14,7 +14,7 @@ import diffusers
 import torch
 
 import hero_compile
-from hero_compile.bench.metrics import psnr
+from hero_compile.measurement import psnr_over_reference_range
 
 
 def main() -> None:
@@ -42,10 +42,10 @@ def main() -> None:
     start = time.perf_counter()
     latents = generate()
     print(f"eager {eager_seconds:.2f} s, hero {time.perf_counter() - start:.2f} s; "
-          f"PSNR of hero vs eager {psnr(latents, reference):.1f} dB")
+          f"PSNR of hero vs eager {psnr_over_reference_range(latents, reference):.1f} dB")
     graph = hero_compile.stats().graphs[0]
     print(f"blocks {len(graph.blocks)}, split {graph.split} ({graph.split_reason}); "
-          f"calls full {graph.full_steps}, cheap {graph.cheap_steps}")
+          f"calls full {graph.full_calls}, cheap {graph.cheap_calls}")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from hero_compile.analysis import AnalysisReport, analyze
 from hero_compile.backend import DEFAULT_BACKEND, HeroBackend
 from hero_compile.config import HeroConfig
 from hero_compile.stats import GraphStats, HeroStats
 from hero_compile.variability import ProfileMismatch, VariabilityProfile
+
+if TYPE_CHECKING:
+    from hero_compile.analysis import AnalysisReport, analyze
 
 __all__ = [
     "AnalysisReport", "GraphStats", "HeroBackend", "HeroConfig", "HeroStats", "ProfileMismatch",
@@ -43,6 +46,15 @@ def save_profile(path: str | os.PathLike[str], backend: HeroBackend | None = Non
     """Write the variability profile measured by ``backend`` (default: the ``"hero"`` backend) to ``path``;
     ``HeroConfig(profile=path)`` then reuses its split without measuring."""
     return (backend or DEFAULT_BACKEND).save_profile(path, graph_id)
+
+
+def __getattr__(name: str) -> Any:
+    # The offline analysis is a tool on top of the backend: imported on first use, never by the backend.
+    if name in ("analyze", "AnalysisReport"):
+        from hero_compile import analysis
+
+        return getattr(analysis, name)
+    raise AttributeError(f"module 'hero_compile' has no attribute {name!r}")
 
 
 def _register_without_entry_point() -> None:

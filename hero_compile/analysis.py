@@ -16,14 +16,16 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from tqdm import tqdm
 
-from hero_compile.backend import HeroBackend, plan_refresh
-from hero_compile.bench.metrics import FlopCounter, alternated_medians, count_flops, psnr
+from hero_compile.backend import HeroBackend
 from hero_compile.config import HeroConfig
-from hero_compile.passes.discover_blocks import Block, BlockStack, discover_blocks, nodes_by_name
+from hero_compile.measurement import FlopCounter, alternated_medians, count_flops, psnr_over_reference_range
+from hero_compile.passes.discover_blocks import Block, BlockStack, discover_blocks
 from hero_compile.passes.errors import RewriteUnsupported
+from hero_compile.passes.graph_surgery import nodes_by_name
+from hero_compile.passes.plan_refresh import plan_block
 from hero_compile.stats import GraphStats
+from hero_compile.testing.sampling import euler_flow_matching
 from hero_compile.variability import SPLIT_RULE, VariabilityProfile
 
 Denoiser = Callable[..., Any]
@@ -92,7 +94,7 @@ def analyze(
     config: HeroConfig | None = None,
     steps: int = 20,
     repeats: int = 3,
-    progress: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> AnalysisReport:
     """Analyze ``model`` as HERO sees it; ``model(*example_inputs)`` is one denoiser call.
 
@@ -100,36 +102,42 @@ def analyze(
     ``steps`` steps. ``config`` (default ``HeroConfig()``) sets the schedule and the lowering the speed is
     measured with; its ``split`` is ignored, the analysis measures it. The measured speedup is the median of
     ``repeats`` generations, plain compilation (same lowering) and HERO alternated after a warm-up.
+    ``progress``, if given, is called with the name of each phase of :data:`ANALYSIS_PHASES` as it starts.
     """
     config = (config or HeroConfig()).replace(split="auto", profile=None)
     sampler = sampler or euler_sampler(example_inputs, steps)
     report = AnalysisReport(config=dataclasses.asdict(config), lowering=config.lowering)
-    bar = tqdm(total=4, desc="hero analyze", unit="phase", disable=not progress)
+    phase = progress or _quietly
     with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=16):
-        bar.set_postfix_str("graph")
+        phase("graph")
         gm = _capture_graph(model, example_inputs)
-        bar.update()
         try:
             stack = discover_blocks(gm)
         except RewriteUnsupported as reason:
             report.fallback_reason = str(reason)
-            bar.close()
             return report
         nodes = nodes_by_name(gm.graph)
         report.blocks = [BlockReport(block.path, _refresh_verdict(gm, stack, block, nodes)) for block in stack.blocks]
 
         try:
-            _measure(report, model, sampler, config, repeats, bar)
+            _measure(report, model, sampler, config, repeats, phase)
         except RewriteUnsupported as reason:
             report.fallback_reason = str(reason)
-    bar.close()
     return report
 
 
+ANALYSIS_PHASES = ("graph", "variability profile", "FLOPs", "wall time")
+"""The phases :func:`analyze` reports to its ``progress`` callback, in order."""
+
+
+def _quietly(phase: str) -> None:
+    pass
+
+
 def _measure(report: AnalysisReport, model: torch.nn.Module, sampler: Sampler, config: HeroConfig, repeats: int,
-             bar: tqdm) -> None:
+             phase: Callable[[str], None]) -> None:
     """The profile, the split, the FLOPs and the clock (phases 2 to 4)."""
-    bar.set_postfix_str("variability profile")
+    phase("variability profile")
     profiled = HeroBackend(config.replace(profile_steps=10**9, lowering="eager"))
     sampler(torch.compile(model, backend=profiled, fullgraph=True))
     report.profile = _whole_generation_profile(profiled)
@@ -140,15 +148,12 @@ def _measure(report: AnalysisReport, model: torch.nn.Module, sampler: Sampler, c
     for index, (block, value) in enumerate(zip(report.blocks, runtime_profile.variability)):
         block.variability = value
         block.role = "shallow" if index < report.split else "deep"
-    bar.update()
 
     fixed = config.replace(profile=runtime_profile)
-    bar.set_postfix_str("FLOPs")
+    phase("FLOPs")
     _count_flops(report, model, sampler, fixed)
-    bar.update()
-    bar.set_postfix_str("wall time")
+    phase("wall time")
     _time(report, model, sampler, fixed, repeats)
-    bar.update()
 
 
 def euler_sampler(example_inputs: Sequence[Any], steps: int) -> Sampler:
@@ -165,13 +170,12 @@ def euler_sampler(example_inputs: Sequence[Any], steps: int) -> Sampler:
 
     def sample(denoiser: Denoiser) -> torch.Tensor:
         inputs = list(example_inputs)
-        x = inputs[0]
-        times = torch.linspace(1.0, 0.0, steps + 1)
-        for i in range(steps):
-            inputs[0] = x
-            inputs[timestep_index] = torch.full_like(example_inputs[timestep_index], float(times[i]) * 1000.0)
-            x = x + float(times[i + 1] - times[i]) * denoiser(*inputs)
-        return x
+
+        def velocity(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            inputs[0], inputs[timestep_index] = x, timestep
+            return denoiser(*inputs)
+
+        return euler_flow_matching(velocity, example_inputs[0], steps, timestep_like=example_inputs[timestep_index])
 
     return sample
 
@@ -189,20 +193,19 @@ def _capture_graph(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.
 
 def _refresh_verdict(gm: fx.GraphModule, stack: BlockStack, block: Block, nodes: dict[str, fx.Node]) -> str:
     try:
-        plan_refresh(gm, stack, block, nodes)
+        plan_block(gm, stack, block, nodes)
     except RewriteUnsupported as reason:
         return str(reason)
     return "refreshable"
 
 
 def _whole_generation_profile(backend: HeroBackend) -> VariabilityProfile:
-    """The profile of the generation ``backend`` has just profiled in full."""
-    runtime = next(iter(backend._runtimes.values()), None)
-    if runtime is None:
+    """The profile of the generation ``backend`` has just measured in full."""
+    profile = backend.profile_so_far()
+    if profile is None:
         reason = backend.stats().graphs[0].fallback_reason if backend.stats().graphs else "nothing was compiled"
         raise RewriteUnsupported(f"the model was not accelerated: {reason}")
-    assert runtime.profiling is not None
-    return runtime.profiling.recorder.profile()
+    return profile
 
 
 def _first_steps(profile: VariabilityProfile, steps: int) -> VariabilityProfile:
@@ -223,9 +226,9 @@ def _count_flops(report: AnalysisReport, model: torch.nn.Module, sampler: Sample
     per_call: dict[bool, list[int]] = {True: [], False: []}
 
     def counted(*inputs: Any) -> Any:
-        before, cheap_before = counter.total, backend.stats().cheap_steps
+        before, cheap_before = counter.total, backend.stats().cheap_calls
         result = compiled(*inputs)
-        per_call[backend.stats().cheap_steps > cheap_before].append(counter.total - before)
+        per_call[backend.stats().cheap_calls > cheap_before].append(counter.total - before)
         return result
 
     sampler(compiled)  # the first generation compiles; the counted one runs the steady schedule
@@ -263,7 +266,7 @@ def _time(report: AnalysisReport, model: torch.nn.Module, sampler: Sampler, conf
     medians = alternated_medians(runs, repeats)
     report.seconds_full, report.seconds_hero = medians["full"], medians["hero"]
     if isinstance(outputs["full"], torch.Tensor):
-        report.psnr_vs_full = psnr(outputs["hero"], outputs["full"])
+        report.psnr_vs_full = psnr_over_reference_range(outputs["hero"], outputs["full"])
 
 
 def _mean(values: list[int]) -> float | None:

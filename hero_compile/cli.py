@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
-
-from hero_compile.world.rollout import GUIDANCE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seeds", type=int, default=2, help="held-out mazes rolled out as one batch")
     demo.add_argument("--chunks", type=int, default=3, help="chunks of future frames per rollout")
     demo.add_argument("--steps", type=int, default=30, help="denoising steps per chunk")
-    demo.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance on the action")
+    demo.add_argument("--guidance", type=float,
+                      help="classifier-free guidance on the action (default: the world model's own)")
     demo.add_argument("--repeats", type=int, default=2, help="timed rollouts per method (median)")
     demo.add_argument("--weights", type=Path, help="folder of the world model's weights (default: the shipped ones)")
     demo.add_argument("--json", type=Path, help="write the figures to this file")
@@ -43,19 +43,46 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", type=Path, default=Path("hero-bench"),
                        help="folder for benchmarks.md, benchmarks.json and pareto.png")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    if args.command == "analyze":
-        return _analyze(args)
-    return _bench(args, " ".join(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "analyze":
+            return _analyze(args)
+        return _bench(args, " ".join(sys.argv[1:] if argv is None else argv))
+    except _MissingTool as missing:
+        print(f"hero-compile {args.command}: {missing}", file=sys.stderr)
+        return 2
+
+
+# The tools each subcommand needs beyond the core, and how to install them from a clone of the repository.
+_TOOLS = {
+    "hero_world": "the world model: pip install ./world",
+    "hero_bench": "the benchmark harness: pip install ./benchmarks",
+    "matplotlib": "the report's plots: pip install '.[report]'",
+    "tqdm": "progress bars: pip install '.[report]'",
+}
+
+
+class _MissingTool(Exception):
+    pass
+
+
+def _require(*modules: str) -> None:
+    """Fail with how to install them unless ``modules`` can be imported (checked before any heavy import)."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _MissingTool("needs " + "; ".join(_TOOLS[m] for m in missing))
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from hero_compile.world.checkpoint import WEIGHTS_DIR, WeightsError
-    from hero_compile.world.demo import demo, report, save_json, write_strip
+    _require("hero_world")
+    from hero_world.checkpoint import WEIGHTS_DIR, WeightsError
+    from hero_world.demo import demo, report, save_json, write_strip
+    from hero_world.rollout import GUIDANCE
 
     try:
-        result = demo(seeds=args.seeds, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
+        result = demo(seeds=args.seeds, chunks=args.chunks, steps=args.steps,
+                      guidance=GUIDANCE if args.guidance is None else args.guidance,
                       repeats=args.repeats, weights=args.weights or WEIGHTS_DIR)
     except WeightsError as error:
         print(f"hero-compile demo: {error}", file=sys.stderr)
@@ -69,13 +96,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from hero_compile.analysis import analyze
+    _require("tqdm", "matplotlib", *(["hero_world"] if args.target == "world" else []))
+    from tqdm import tqdm
+
+    from hero_compile.analysis import ANALYSIS_PHASES, analyze
     from hero_compile.config import HeroConfig
     from hero_compile.report import write_report
 
     model, example_inputs, sampler = _analysis_target(args.target, args.steps)
-    report = analyze(model, example_inputs, sampler, HeroConfig(lowering=args.lowering), steps=args.steps,
-                     repeats=args.repeats)
+    with tqdm(total=len(ANALYSIS_PHASES), desc="hero analyze", unit="phase") as bar:
+        def progress(phase: str) -> None:
+            bar.update(ANALYSIS_PHASES.index(phase) - bar.n)
+            bar.set_postfix_str(phase)
+
+        report = analyze(model, example_inputs, sampler, HeroConfig(lowering=args.lowering), steps=args.steps,
+                         repeats=args.repeats, progress=progress)
+        bar.update(bar.total - bar.n)
     written = write_report(report, args.out)
     print((args.out / "report.md").read_text())
     print(f"report written to {args.out} ({', '.join(p.name for p in written)})")
@@ -84,7 +120,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _analysis_target(target: str, steps: int) -> tuple[Any, Any, Any]:
     if target == "world":
-        from hero_compile.world.target import world_model_target
+        from hero_world.target import world_model_target
 
         return world_model_target(steps=steps)
     module_name, _, factory_name = target.partition(":")
@@ -97,8 +133,9 @@ def _analysis_target(target: str, steps: int) -> tuple[Any, Any, Any]:
 
 
 def _bench(args: argparse.Namespace, command_line: str) -> int:
-    from hero_compile.bench.methods import Lowering
-    from hero_compile.bench.suite import run_suite
+    _require("hero_bench")
+    from hero_bench.methods import Lowering
+    from hero_bench.suite import run_suite
 
     lowering: Lowering = args.lowering or ("aot_eager" if args.quick else "inductor")
     repeats = args.repeats or (1 if args.quick else 3)

@@ -1,13 +1,6 @@
 """The callable Dynamo runs each step: it owns a generation's state and picks the variant on the host.
 
-Calling conventions of the variants (built in ``hero_compile.passes``):
-- ``profile(*inputs, *previous_block_outputs) -> (*outputs, *block_outputs, variability_sums)``: while the
-  split is being measured (``hero_compile.passes.profile``);
-- ``full(*inputs) -> (*outputs, *deep_features, *refresh_caches)``: one feature per deep stream, and what the
-  refreshed shallow blocks cache (each block's output, and its keys and values with ``kv_source="cache"``);
-- ``cheap(*inputs, [coefficients, *history], [refresh_indices, *refresh_caches]) -> (*outputs, *refresh_caches)``:
-  the first group when there is a deep segment (``history_length`` features per stream, most recent first),
-  the second when shallow blocks are refreshed.
+The variants and their calling conventions are described in ``hero_compile.variants``.
 """
 
 from __future__ import annotations
@@ -21,11 +14,11 @@ from typing import Any
 import torch
 
 from hero_compile.config import HeroConfig
-from hero_compile.passes.lower import CompiledFn
 from hero_compile.schedule import extrapolation_coefficients, is_full_step
 from hero_compile.stats import GraphStats
 from hero_compile.token_selection import TokenSelector
-from hero_compile.variability import SPLIT_RULE, VariabilityProfile, VariabilityRecorder
+from hero_compile.variability import VariabilityProfile, VariabilityRecorder
+from hero_compile.variants import CompiledFn, InputRoles, Variants
 
 log = logging.getLogger("hero_compile")
 
@@ -34,77 +27,30 @@ log = logging.getLogger("hero_compile")
 MAX_CALLS_PER_STEP = 4
 
 
-@dataclass(frozen=True)
-class InputRoles:
-    """Which graph inputs the runtime reads."""
-
-    timestep_index: int
-    activation_indices: tuple[int, ...]
-    """Inputs that are not parameters: their shapes decide whether cached features still fit."""
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """What the runtime needs to know of the compiled variants."""
-
-    num_outputs: int
-    num_streams: int
-    history_length: int
-    num_refresh_caches: int
-    token_grid: tuple[int, ...] | None
-    """Grid of the refreshed tokens (frames, height, width or a 1-D length); ``None`` without refresh."""
-
-
-class LazyVariant:
-    """A graph variant compiled on first use, for the real inputs it is first called with, outside Dynamo's
-    tracing context (it is compiled while Dynamo's compiled code runs, not while Dynamo traces).
-
-    It is specialized to those inputs' sizes, so the caller names the sizes: a graph with dynamic shapes is
-    compiled once per distinct ``sizes``.
-    """
-
-    def __init__(self, compile: Callable[[list[Any]], CompiledFn]) -> None:
-        self.compile = compile
-        self.by_sizes: dict[Any, CompiledFn] = {}
-
-    def for_inputs(self, inputs: Sequence[Any], sizes: Any) -> CompiledFn:
-        if sizes not in self.by_sizes:
-            with torch._guards.tracing(None):
-                self.by_sizes[sizes] = self.compile(list(inputs))
-        return self.by_sizes[sizes]
-
-
 @dataclass
-class Variants:
-    """The full and cheap variants of one split."""
-
-    spec: VariantSpec
-    full: CompiledFn
-    cheap: LazyVariant | None
-    """``None`` when the split leaves nothing to skip (no deep segment, no refreshed block)."""
-
-
-@dataclass
-class Profiling:
-    """The first generation's profiling phase: every step runs the profile variant until the split is fixed."""
+class SplitMeasurement:
+    """The first generation's first steps, which run the measuring variant until the split is fixed."""
 
     variant: CompiledFn
     recorder: VariabilityRecorder
     zero_previous: Callable[[Sequence[Any]], list[torch.Tensor]]
     """Stand-ins for the previous step's block outputs on a generation's first call (its sums are dropped)."""
-    build: Callable[[int], Variants]
-    """The variants of a split."""
+    build: Callable[[VariabilityProfile], Variants]
+    """The variants of the split the measured profile chooses."""
 
 
 @dataclass
-class CallSlotCache:
-    """Caches of one call slot (e.g. the conditional or unconditional CFG call)."""
+class CallSlot:
+    """What one call slot (e.g. the conditional or unconditional CFG call) keeps from step to step, valid for
+    calls whose activation inputs have ``input_shapes``."""
 
-    signature: tuple[Any, ...]
+    input_shapes: tuple[Any, ...]
     history: deque[tuple[float, list[torch.Tensor]]]
     """Deep-stream features of the last full steps with their timesteps, most recent first."""
     refresh_caches: list[torch.Tensor] = field(default_factory=list)
     """Latest full-token values the refreshed shallow blocks cache (outputs, and keys and values if cached)."""
+    previous_block_outputs: list[torch.Tensor] | None = None
+    """While the split is measured: every block's outputs at this slot's previous step."""
 
 
 @dataclass
@@ -117,7 +63,7 @@ class GenerationState:
     slot: int = 0
     timesteps: list[float] = field(default_factory=list)
     previous_timesteps: list[float] = field(default_factory=list)
-    caches: dict[int, CallSlotCache] = field(default_factory=dict)
+    slots: dict[int, CallSlot] = field(default_factory=dict)
     refresh_indices: dict[int, torch.Tensor] = field(default_factory=dict)
     """The refresh subset of each step, chosen once and shared by the step's calls and blocks."""
 
@@ -127,7 +73,7 @@ class GenerationState:
             if self.timesteps:
                 self.previous_timesteps = self.timesteps
             self.timesteps, self.step, self.slot = [timestep], 0, 0
-            self.caches.clear()
+            self.slots.clear()
             self.refresh_indices.clear()
             self.timestep = timestep
             if self.selector is not None:
@@ -149,6 +95,14 @@ class GenerationState:
             return len(previous)
         return None
 
+    def slot_for(self, input_shapes: tuple[Any, ...], history_length: int) -> CallSlot:
+        """The state of this call's slot, emptied if the inputs' shapes changed since it was filled."""
+        slot = self.slots.get(self.slot)
+        if slot is None or slot.input_shapes != input_shapes:
+            slot = CallSlot(input_shapes, deque(maxlen=history_length))
+            self.slots[self.slot] = slot
+        return slot
+
     def indices_for_step(self, device: torch.device) -> torch.Tensor:
         assert self.selector is not None
         if self.step not in self.refresh_indices:
@@ -160,8 +114,8 @@ class GenerationState:
 class HeroRuntime:
     """Runs one Dynamo graph under HERO: full steps refresh the caches, cheap steps reuse and extrapolate.
 
-    Built either with the variants of a known split, or in a profiling phase that measures the variability
-    profile over the first ``profile_steps`` steps, then fixes the split and builds the variants.
+    Built either with the variants of a known split, or with a :class:`SplitMeasurement` that measures the
+    variability profile over the first ``profile_steps`` steps, then fixes the split and builds the variants.
     """
 
     def __init__(
@@ -170,20 +124,23 @@ class HeroRuntime:
         roles: InputRoles,
         stats: GraphStats,
         variants: Variants | None = None,
-        profiling: Profiling | None = None,
+        measurement: SplitMeasurement | None = None,
+        profile: VariabilityProfile | None = None,
     ) -> None:
-        assert (variants is None) != (profiling is None), "a runtime starts with variants or with profiling"
+        assert (variants is None) != (measurement is None), "a runtime starts with variants or with a measurement"
         self.config = config
         self.roles = roles
         self.stats = stats
         self.variants = variants
-        self.profiling = profiling
-        self.profile: VariabilityProfile | None = None
+        self.measurement = measurement
+        self.profile = profile
+        """The variability profile the split was chosen by (measured or loaded); ``None`` with a set split."""
         self.state = self._new_state()
 
     def _new_state(self) -> GenerationState:
-        grid = self.variants.spec.token_grid if self.variants else None
-        selector = None if grid is None else TokenSelector(grid, self.config.patch_size, self.config.refresh_ratio)
+        selector = self.variants.selector if self.variants else None
+        if selector is not None:
+            selector.mark_all_fresh()
         return GenerationState(selector=selector)
 
     def reset(self) -> None:
@@ -194,131 +151,128 @@ class HeroRuntime:
         """Memory the current generation's caches hold (extrapolation history and refresh caches)."""
         return sum(
             tensor.nbytes
-            for cache in self.state.caches.values()
-            for tensor in [*(f for _, features in cache.history for f in features), *cache.refresh_caches]
+            for slot in self.state.slots.values()
+            for tensor in [*(f for _, features in slot.history for f in features), *slot.refresh_caches]
         )
+
+    def profile_so_far(self) -> VariabilityProfile | None:
+        """The profile the split was chosen by or, while it is being measured, the steps measured so far."""
+        if self.measurement is not None and self.measurement.recorder.measured:
+            return self.measurement.recorder.profile()
+        return self.profile
 
     def __call__(self, *inputs: Any) -> Any:
         timestep = float(inputs[self.roles.timestep_index].reshape(-1)[0])
         new_generation = self.state.advance(timestep)
         if new_generation:
-            self.stats.generations += 1
-        if self.profiling is not None:
-            if not self._profiling_done(new_generation):
-                return self._run_profile(inputs, new_generation)
-            self._fix_split(self.profiling)
+            self.stats.count_generation()
+        if self.measurement is not None:
+            if not self._measurement_done(new_generation):
+                return self._run_measuring(inputs)
+            self._fix_split(self.measurement)
         variants = self.variants
         assert variants is not None
-        cache = self._slot_cache(inputs, variants)
-        if cache is not None and self._cheap_allowed(cache, variants):
-            outputs = self._run_cheap(inputs, timestep, cache, variants)
+        slot = self._slot(inputs, variants)
+        if slot is not None and self._cheap_allowed(slot, variants):
+            outputs = self._run_cheap(inputs, timestep, slot, variants)
             if outputs is not None:
-                self.stats.cheap_steps += 1
+                self.stats.count_call(cheap=True)
                 return outputs
-        return self._run_full(inputs, timestep, cache, variants)
+        return self._run_full(inputs, timestep, slot, variants)
 
-    def _profiling_done(self, new_generation: bool) -> bool:
-        assert self.profiling is not None
-        measured = self.profiling.recorder.measured
+    def _measurement_done(self, new_generation: bool) -> bool:
+        assert self.measurement is not None
+        measured = self.measurement.recorder.measured
         return measured and (new_generation or self.state.step >= self.config.profile_steps)
 
-    def _run_profile(self, inputs: Sequence[Any], new_generation: bool) -> Any:
-        assert self.profiling is not None
-        recorder = self.profiling.recorder
-        if new_generation:
-            recorder.start_generation()
-        signature = self._signature(inputs)
-        previous = recorder.previous_outputs(self.state.slot, signature)
-        profile_inputs = [*inputs, *(previous if previous is not None else self.profiling.zero_previous(inputs))]
-        results = self.profiling.variant(*profile_inputs)
-        self.stats.full_steps += 1
-        measured = len(profile_inputs) - len(inputs)
-        n = len(results) - measured - 1
-        if self.state.slot < MAX_CALLS_PER_STEP:  # as for caches: repeated calls keep nothing
-            recorder.record(self.state.step, self.state.slot, signature, list(results[n:-1]),
-                            results[-1] if previous is not None else None)
+    def _run_measuring(self, inputs: Sequence[Any]) -> Any:
+        assert self.measurement is not None
+        # As for caches: calls beyond MAX_CALLS_PER_STEP keep nothing.
+        slot = None
+        if self.state.slot < MAX_CALLS_PER_STEP:
+            slot = self.state.slot_for(self._input_shapes(inputs), history_length=0)
+        previous = slot.previous_block_outputs if slot is not None else None
+        measuring_inputs = [*inputs, *(previous if previous is not None else self.measurement.zero_previous(inputs))]
+        results = self.measurement.variant(*measuring_inputs)
+        self.stats.count_call(cheap=False)
+        n = len(results) - (len(measuring_inputs) - len(inputs)) - 1
+        if slot is not None:
+            slot.previous_block_outputs = [o.detach() for o in results[n:-1]]
+            if previous is not None:
+                self.measurement.recorder.record(self.state.step, results[-1])
         return results[:n]
 
-    def _fix_split(self, profiling: Profiling) -> None:
-        self.profile = profiling.recorder.profile()
-        split = self.profile.split
-        self.stats.variability = self.profile.variability
-        self.stats.split_reason = f"profiled over steps {list(self.profile.steps)}: {SPLIT_RULE}"
-        self.variants = profiling.build(split)
-        self.profiling = None
-        self.state.selector = self._new_state().selector
+    def _fix_split(self, measurement: SplitMeasurement) -> None:
+        self.profile = measurement.recorder.profile()
+        self.variants = measurement.build(self.profile)
+        self.measurement = None
+        self.state.slots.clear()
+        self.state.selector = self.variants.selector
 
-    def _run_full(self, inputs: Sequence[Any], timestep: float, cache: CallSlotCache | None,
-                  variants: Variants) -> Any:
-        self.stats.full_steps += 1
+    def _run_full(self, inputs: Sequence[Any], timestep: float, slot: CallSlot | None, variants: Variants) -> Any:
+        self.stats.count_call(cheap=False)
         results = variants.full(*inputs)
         n, streams = variants.spec.num_outputs, variants.spec.num_streams
-        if cache is not None:
+        if slot is not None:
             if streams:
-                cache.history.appendleft((timestep, [_cacheable(f) for f in results[n : n + streams]]))
-            cache.refresh_caches = [_cacheable(b) for b in results[n + streams :]]
+                slot.history.appendleft((timestep, [_cacheable(f) for f in results[n : n + streams]]))
+            slot.refresh_caches = [_cacheable(b) for b in results[n + streams :]]
         if self.state.selector is not None:
             self.state.selector.mark_all_fresh()
         return results[:n]
 
-    def _cheap_allowed(self, cache: CallSlotCache, variants: Variants) -> bool:
+    def _cheap_allowed(self, slot: CallSlot, variants: Variants) -> bool:
         # Under autograd the caches would hold graph history; HERO is for sampling, so grad mode runs full.
         if variants.cheap is None or torch.is_grad_enabled():
             return False
         spec = variants.spec
-        if (spec.num_streams and not cache.history) or (spec.num_refresh_caches and not cache.refresh_caches):
+        if (spec.num_streams and not slot.history) or (spec.num_refresh_caches and not slot.refresh_caches):
             return False
         return not is_full_step(self.state.step, self.config, self.state.total_steps())
 
-    def _signature(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
+    def _input_shapes(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(_describe(inputs[i]) for i in self.roles.activation_indices)
 
-    def _slot_cache(self, inputs: Sequence[Any], variants: Variants) -> CallSlotCache | None:
-        """The cache of this call's slot, emptied if the inputs' shapes changed since it was filled."""
+    def _slot(self, inputs: Sequence[Any], variants: Variants) -> CallSlot | None:
+        """The state of this call's slot, or ``None`` when nothing is cached for it."""
         if variants.cheap is None or self.state.slot >= MAX_CALLS_PER_STEP:
             return None
-        signature = self._signature(inputs)
-        cache = self.state.caches.get(self.state.slot)
-        if cache is None or cache.signature != signature:
-            cache = CallSlotCache(signature, deque(maxlen=variants.spec.history_length))
-            self.state.caches[self.state.slot] = cache
-        return cache
+        return self.state.slot_for(self._input_shapes(inputs), variants.spec.history_length)
 
-    def _run_cheap(self, inputs: Sequence[Any], timestep: float, cache: CallSlotCache, variants: Variants) -> Any:
+    def _run_cheap(self, inputs: Sequence[Any], timestep: float, slot: CallSlot, variants: Variants) -> Any:
         spec = variants.spec
         cheap_inputs = [*inputs]
         if spec.num_streams:
-            cheap_inputs += self._extrapolation_inputs(timestep, cache, spec)
+            cheap_inputs += self._extrapolation_inputs(timestep, slot, spec.num_streams, spec.history_length)
         if spec.num_refresh_caches:
-            device = cache.refresh_caches[0].device
-            cheap_inputs += [self.state.indices_for_step(device), *cache.refresh_caches]
-        cheap = self._cheap_for(cheap_inputs, cache.signature, variants)
+            device = slot.refresh_caches[0].device
+            cheap_inputs += [self.state.indices_for_step(device), *slot.refresh_caches]
+        cheap = self._cheap_for(cheap_inputs, slot.input_shapes, variants)
         if cheap is None:
             return None
         results = cheap(*cheap_inputs)
         n = spec.num_outputs
-        cache.refresh_caches = [_cacheable(c) for c in results[n:]]
+        slot.refresh_caches = [_cacheable(c) for c in results[n:]]
         return results[:n]
 
-    def _extrapolation_inputs(self, timestep: float, cache: CallSlotCache, spec: VariantSpec) -> list[torch.Tensor]:
-        times = [t for t, _ in cache.history]
-        weights = extrapolation_coefficients(timestep, times, self.config.extrapolation_order, spec.history_length)
-        device = cache.history[0][1][0].device
+    def _extrapolation_inputs(self, timestep: float, slot: CallSlot, num_streams: int, history_length: int
+                              ) -> list[torch.Tensor]:
+        times = [t for t, _ in slot.history]
+        weights = extrapolation_coefficients(timestep, times, self.config.extrapolation_order, history_length)
+        device = slot.history[0][1][0].device
         coefficients = torch.tensor(weights, dtype=torch.float32).to(device, non_blocking=True)
         # Short histories are padded with the oldest entry; its weight is zero.
-        padded = [cache.history[min(i, len(cache.history) - 1)][1] for i in range(spec.history_length)]
-        return [coefficients, *(features[s] for s in range(spec.num_streams) for features in padded)]
+        padded = [slot.history[min(i, len(slot.history) - 1)][1] for i in range(history_length)]
+        return [coefficients, *(features[s] for s in range(num_streams) for features in padded)]
 
-    def _cheap_for(self, cheap_inputs: list[Any], signature: Any, variants: Variants) -> CompiledFn | None:
+    def _cheap_for(self, cheap_inputs: list[Any], input_shapes: Any, variants: Variants) -> CompiledFn | None:
         """The cheap variant for these sizes; if it fails to compile, every later step runs in full."""
         assert variants.cheap is not None
         try:
-            sizes = (signature, tuple(x for x in cheap_inputs if isinstance(x, int)))
+            sizes = (input_shapes, tuple(x for x in cheap_inputs if isinstance(x, int)))
             return variants.cheap.for_inputs(cheap_inputs, sizes)
         except Exception as error:
-            log.warning("hero: graph %d: compiling the cheap variant failed (%s); running every step in full",
-                        self.stats.graph_id, error)
-            self.stats.fallback_reason = f"cheap variant failed to compile: {error}"
+            self.stats.record_fallback(f"cheap variant failed to compile, every step runs in full: {error}")
             variants.cheap = None
             return None
 

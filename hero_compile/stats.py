@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("hero_compile")
 
 
 @dataclass
@@ -22,8 +25,8 @@ class GraphStats:
         variability: mean temporal variability of each block's output, when it was measured or loaded.
         deep_streams: graph values predicted on cheap steps (one per stream leaving the deep segment).
         timestep_input: the graph input the denoising step is read from.
-        full_steps: denoiser calls that ran the full computation (a CFG step made of two calls counts two).
-        cheap_steps: denoiser calls that ran the cheap variant.
+        full_calls: denoiser calls that ran the full computation (a CFG step made of two calls counts two).
+        cheap_calls: denoiser calls that ran the cheap variant.
         generations: sampling runs started (detected when the timestep goes up, or after ``reset()``).
         tokens_refreshed_per_cheap_step: per refreshed shallow block, tokens recomputed on a cheap step.
         refresh_skipped: per shallow block that runs in full on cheap steps, the reason it is not refreshed.
@@ -38,8 +41,8 @@ class GraphStats:
     variability: list[float] = field(default_factory=list)
     deep_streams: list[str] = field(default_factory=list)
     timestep_input: str | None = None
-    full_steps: int = 0
-    cheap_steps: int = 0
+    full_calls: int = 0
+    cheap_calls: int = 0
     generations: int = 0
     tokens_refreshed_per_cheap_step: dict[str, int] = field(default_factory=dict)
     refresh_skipped: dict[str, str] = field(default_factory=dict)
@@ -48,6 +51,21 @@ class GraphStats:
     @property
     def accelerated(self) -> bool:
         return self.fallback_reason is None
+
+    # The runtime writes the record through these methods only; the compile pipeline writes the plan.
+
+    def record_fallback(self, reason: object) -> None:
+        log.warning("hero: graph %d is compiled without acceleration: %s", self.graph_id, reason)
+        self.fallback_reason = str(reason)
+
+    def count_generation(self) -> None:
+        self.generations += 1
+
+    def count_call(self, cheap: bool) -> None:
+        if cheap:
+            self.cheap_calls += 1
+        else:
+            self.full_calls += 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,12 +78,12 @@ class HeroStats:
     graphs: list[GraphStats] = field(default_factory=list)
 
     @property
-    def full_steps(self) -> int:
-        return sum(g.full_steps for g in self.graphs)
+    def full_calls(self) -> int:
+        return sum(g.full_calls for g in self.graphs)
 
     @property
-    def cheap_steps(self) -> int:
-        return sum(g.cheap_steps for g in self.graphs)
+    def cheap_calls(self) -> int:
+        return sum(g.cheap_calls for g in self.graphs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"graphs": [g.to_dict() for g in self.graphs]}

@@ -79,8 +79,8 @@ class VariabilityProfile:
         if tuple(blocks) != self.blocks:
             raise ProfileMismatch(
                 f"{source} was measured on {len(self.blocks)} blocks ({_abbreviate(self.blocks)}) but the model "
-                f"being compiled has {len(blocks)} ({_abbreviate(blocks)}); measure a profile for this model "
-                "(HeroConfig(split='auto') without a profile) or pass an explicit split"
+                f"being compiled has {len(blocks)} ({_abbreviate(blocks)}); drop HeroConfig.profile to measure a "
+                "profile for this model (split='auto'), or to use an explicit split"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,44 +101,59 @@ class VariabilityProfile:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VariabilityProfile:
+        """Read a profile written by :meth:`save`; raises ``ValueError`` naming the file and what is wrong
+        (``FileNotFoundError`` if there is none)."""
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"variability profile {path} is a directory; pass the JSON file that "
+                             "hero_compile.save_profile wrote")
         try:
             data = json.loads(path.read_text())
-            return cls(tuple(data["blocks"]), tuple(data["steps"]), tuple(tuple(r) for r in data["per_step"]))
         except FileNotFoundError:
             raise FileNotFoundError(f"variability profile {path} does not exist (write one with "
                                     "hero_compile.save_profile)") from None
-        except (ValueError, KeyError, TypeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path} is not a variability profile written by hero_compile.save_profile: "
-                             f"{error}") from error
+                             f"not JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a variability profile: a JSON object is expected")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path}: format_version is {version!r}, but this hero-compile reads variability "
+                             f"profiles of format {FORMAT_VERSION}; measure the profile again")
+        try:
+            return cls(_field(data, "blocks", str), _field(data, "steps", int),
+                       tuple(_row(row) for row in _field(data, "per_step", list)))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def _field(data: dict[str, Any], name: str, item_type: type) -> tuple[Any, ...]:
+    value = data.get(name)
+    if not isinstance(value, list) or not all(isinstance(v, item_type) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"field {name!r} must be a list of {item_type.__name__}, got {value!r:.80}")
+    return tuple(value)
+
+
+def _row(row: list[Any]) -> tuple[float, ...]:
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row):
+        raise ValueError(f"field 'per_step' must hold rows of finite numbers, got {row!r:.80}")
+    return tuple(float(v) for v in row)
 
 
 class VariabilityRecorder:
-    """Collects the profile variant's per-block sums while a generation is profiled.
+    """Collects the measuring variant's per-block sums while a generation's first steps are measured.
 
     The sums stay on the device; they are read once, by :meth:`profile`, when the split is fixed.
     """
 
     def __init__(self, blocks: Sequence[str]) -> None:
         self.blocks = tuple(blocks)
-        self.previous: dict[int, tuple[Any, list[torch.Tensor]]] = {}
         self.rows: list[tuple[int, torch.Tensor]] = []
 
-    def start_generation(self) -> None:
-        """The next call has no previous step to be compared with."""
-        self.previous.clear()
-
-    def previous_outputs(self, slot: int, signature: Any) -> list[torch.Tensor] | None:
-        """The block outputs of this call slot's previous step, if they have this call's shapes."""
-        entry = self.previous.get(slot)
-        return entry[1] if entry is not None and entry[0] == signature else None
-
-    def record(self, step: int, slot: int, signature: Any, outputs: list[torch.Tensor],
-               sums: torch.Tensor | None) -> None:
-        """Keep this call's block outputs for the next step, and its sums if it had a previous step."""
-        self.previous[slot] = (signature, [o.detach() for o in outputs])
-        if sums is not None:
-            self.rows.append((step, sums.detach()))
+    def record(self, step: int, sums: torch.Tensor) -> None:
+        """Keep the sums of a call at ``step`` (one row per call: CFG calls are averaged per step)."""
+        self.rows.append((step, sums.detach()))
 
     @property
     def measured(self) -> bool:

@@ -117,9 +117,9 @@ class Recorder:
     calls: list[Call] = field(default_factory=list)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        before = self.backend.stats().full_steps
+        before = self.backend.stats().full_calls
         output = self.compiled(*inputs)
-        full = self.backend.stats().full_steps > before
+        full = self.backend.stats().full_calls > before
         eager = self.eager(*inputs) if self.eager is not None else None
         self.calls.append(Call(tuple(x.clone() for x in inputs), output.clone(), full, eager))
         return output

@@ -13,19 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hero_compile.bench.metrics import psnr as psnr  # the tests measure quality as the benchmarks do
 from hero_compile.testing.dit import DiT, DiTConfig, make_dit, timestep_embedding
+from hero_compile.testing.sampling import euler_flow_matching
 
 
 def euler(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *extra: torch.Tensor) -> torch.Tensor:
     """Flow-matching Euler sampler (no grad) for models called as ``model(x, *extra, timestep)``."""
-    x = noise
-    ts = torch.linspace(1.0, 0.0, steps + 1)
     with torch.no_grad():
-        for i in range(steps):
-            t = torch.full((x.shape[0],), float(ts[i]) * 1000.0)
-            x = x + (ts[i + 1] - ts[i]).item() * model(x, *extra, t)
-    return x
+        return euler_flow_matching(lambda x, t: model(x, *extra, t), noise, steps)
 
 
 def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -26,12 +26,12 @@ from models import (
     StackModel,
     euler,
     make_conditioned_dit,
-    psnr,
 )
 
 import hero_compile
 from hero_compile import HeroBackend, HeroConfig
 from hero_compile.backend import DEFAULT_BACKEND
+from hero_compile.measurement import psnr_over_reference_range
 from hero_compile.schedule import extrapolation_coefficients, is_full_step
 from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
 from hero_compile.variability import split_from_variability
@@ -54,11 +54,6 @@ def dit_noise(config: DiTConfig, batch: int = 1, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, config.channels, config.frames, config.height, config.width, generator=generator)
 
 
-def flow_matching_sample_nograd(model: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int) -> torch.Tensor:
-    with torch.no_grad():
-        return flow_matching_sample(model, noise, steps=steps)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Plain behaviour: disabled, fallbacks
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,12 +64,12 @@ def test_disabled_equals_eager() -> None:
     backend = HeroBackend(AOT.replace(enabled=False))
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     noise = dit_noise(DIT12)
-    result = flow_matching_sample_nograd(compiled, noise, 12)
-    reference = flow_matching_sample_nograd(model, noise, 12)
+    result = euler(compiled, noise, 12)
+    reference = euler(model, noise, 12)
     torch.testing.assert_close(result, reference, atol=1e-5, rtol=0)
     (graph,) = backend.stats().graphs
     assert not graph.accelerated and "enabled" in (graph.fallback_reason or "")
-    assert (graph.full_steps, graph.cheap_steps) == (0, 0)
+    assert (graph.full_calls, graph.cheap_calls) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +101,7 @@ def test_fallback_compiles_plain_and_warns_once(
     assert not graph.accelerated
     assert reason in (graph.fallback_reason or "")
     assert graph.fallback_reason in warnings[0].getMessage()
-    assert graph.cheap_steps == 0
+    assert graph.cheap_calls == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,12 +158,12 @@ def test_generation_stats(dit_run: SimpleNamespace) -> None:
     assert len(graph.deep_streams) == 1
     assert graph.timestep_input is not None and "timestep" in graph.timestep_input
     assert graph.generations == 2
-    assert graph.cheap_steps > 0
-    assert graph.full_steps + graph.cheap_steps == 60
-    assert graph.cheap_steps == sum(not c.full for calls in dit_run.calls[:2] for c in calls)
+    assert graph.cheap_calls > 0
+    assert graph.full_calls + graph.cheap_calls == 60
+    assert graph.cheap_calls == sum(not c.full for calls in dit_run.calls[:2] for c in calls)
     (after,) = dit_run.stats_after_reset.graphs
     assert after.generations == 4
-    assert after.full_steps + after.cheap_steps == 120
+    assert after.full_calls + after.cheap_calls == 120
 
 
 def test_generation_follows_the_schedule(dit_run: SimpleNamespace) -> None:
@@ -205,7 +200,7 @@ def test_reset_reproduces_a_generation_bit_for_bit(dit_run: SimpleNamespace) -> 
 
 def test_generation_quality(dit_run: SimpleNamespace) -> None:
     for result in dit_run.results:
-        assert psnr(result, dit_run.reference) >= 30.0
+        assert psnr_over_reference_range(result, dit_run.reference) >= 30.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,33 +211,31 @@ CFG_DIT = DiTConfig(depth=12, hidden=32, heads=2, frames=1, height=8, width=8)
 GUIDANCE = 3.0
 
 
+def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor) -> torch.Tensor:
+    return v_uncond + GUIDANCE * (v_cond - v_uncond)
+
+
 def cfg_two_calls(
     model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, steps: int
 ) -> torch.Tensor:
-    x = noise
-    ts = torch.linspace(1.0, 0.0, steps + 1)
     empty = torch.zeros_like(context)
-    with torch.no_grad():
-        for i in range(steps):
-            t = torch.full((x.shape[0],), float(ts[i]) * 1000.0)
-            v_cond = model(x, t, context)
-            v_uncond = model(x, t, empty)
-            x = x + (ts[i + 1] - ts[i]).item() * (v_uncond + GUIDANCE * (v_cond - v_uncond))
-    return x
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v_cond = model(x, t, context)  # conditional first: the tests replay the branches as calls[0::2], [1::2]
+        return guided(v_cond, model(x, t, empty))
+
+    return euler(velocity, noise, steps)
 
 
 def cfg_batched(
     model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, steps: int
 ) -> torch.Tensor:
-    x = noise
-    ts = torch.linspace(1.0, 0.0, steps + 1)
     contexts = torch.cat([context, torch.zeros_like(context)])
-    with torch.no_grad():
-        for i in range(steps):
-            t = torch.full((2 * x.shape[0],), float(ts[i]) * 1000.0)
-            v_cond, v_uncond = model(torch.cat([x, x]), t, contexts).chunk(2)
-            x = x + (ts[i + 1] - ts[i]).item() * (v_uncond + GUIDANCE * (v_cond - v_uncond))
-    return x
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return guided(*model(torch.cat([x, x]), torch.cat([t, t]), contexts).chunk(2))
+
+    return euler(velocity, noise, steps)
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +254,8 @@ def test_two_call_cfg_equals_separate_backends(cfg_setup: SimpleNamespace) -> No
     result = cfg_two_calls(recorder, cfg_setup.noise, cfg_setup.context, 20)
     calls = recorder.take()
     (graph,) = backend.stats().graphs
-    assert graph.generations == 1 and graph.cheap_steps > 0
-    assert psnr(result, cfg_setup.reference) >= 30.0
+    assert graph.generations == 1 and graph.cheap_calls > 0
+    assert psnr_over_reference_range(result, cfg_setup.reference) >= 30.0
 
     # replay each branch's exact inputs through its own backend: same decisions, same outputs
     for branch in (0, 1):
@@ -272,11 +265,11 @@ def test_two_call_cfg_equals_separate_backends(cfg_setup: SimpleNamespace) -> No
         mine = calls[branch::2]
         with torch.no_grad():
             for call in mine:
-                before = alone.stats().full_steps
+                before = alone.stats().full_calls
                 output = compiled(*call.inputs)
-                assert (alone.stats().full_steps > before) == call.full
+                assert (alone.stats().full_calls > before) == call.full
                 torch.testing.assert_close(output, call.output, atol=1e-6, rtol=0)
-        assert alone.stats().graphs[0].cheap_steps == sum(not c.full for c in mine)
+        assert alone.stats().graphs[0].cheap_calls == sum(not c.full for c in mine)
     # the conditional and unconditional calls of a step take the same decision
     assert [c.full for c in calls[0::2]] == [c.full for c in calls[1::2]]
 
@@ -286,9 +279,9 @@ def test_batched_cfg_runs_cheap_steps(cfg_setup: SimpleNamespace) -> None:
     compiled = torch.compile(cfg_setup.model, backend=backend, fullgraph=True)
     result = cfg_batched(compiled, cfg_setup.noise, cfg_setup.context, 20)
     (graph,) = backend.stats().graphs
-    assert graph.accelerated and graph.cheap_steps > 0 and graph.generations == 1
-    assert graph.full_steps + graph.cheap_steps == 20
-    assert psnr(result, cfg_setup.reference) >= 30.0
+    assert graph.accelerated and graph.cheap_calls > 0 and graph.generations == 1
+    assert graph.full_calls + graph.cheap_calls == 20
+    assert psnr_over_reference_range(result, cfg_setup.reference) >= 30.0
     # same HERO decisions as two calls per step: the results agree up to rounding
     fresh_dynamo()
     compiled = torch.compile(cfg_setup.model, backend=HeroBackend(AOT))
@@ -320,20 +313,20 @@ def test_alike_shapes_run_correctly(name: str) -> None:
     config = ALIKE[name]
     model = make_dit(config)
     noise = dit_noise(config)
-    reference = flow_matching_sample_nograd(model, noise, 20)
+    reference = euler(model, noise, 20)
 
     all_full = HeroBackend(AOT.replace(interval=1))
-    result = flow_matching_sample_nograd(torch.compile(model, backend=all_full, fullgraph=True), noise, 20)
+    result = euler(torch.compile(model, backend=all_full, fullgraph=True), noise, 20)
     (graph,) = all_full.stats().graphs
-    assert graph.accelerated and (graph.full_steps, graph.cheap_steps) == (20, 0)
+    assert graph.accelerated and (graph.full_calls, graph.cheap_calls) == (20, 0)
     torch.testing.assert_close(result, reference, atol=1e-4, rtol=0)
 
     fresh_dynamo()
     default = HeroBackend(AOT)
-    result = flow_matching_sample_nograd(torch.compile(model, backend=default, fullgraph=True), noise, 20)
+    result = euler(torch.compile(model, backend=default, fullgraph=True), noise, 20)
     (graph,) = default.stats().graphs
-    assert graph.accelerated and graph.cheap_steps > 0
-    assert psnr(result, reference) >= 30.0
+    assert graph.accelerated and graph.cheap_calls > 0
+    assert psnr_over_reference_range(result, reference) >= 30.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,11 +356,11 @@ def test_dual_stream_model(variant: dict[str, Any]) -> None:
     backend = HeroBackend(AOT)
     result = euler(torch.compile(model, backend=backend, fullgraph=True), noise, 20, text)
     (graph,) = backend.stats().graphs
-    assert graph.accelerated and graph.cheap_steps > 0
+    assert graph.accelerated and graph.cheap_calls > 0
     assert len(graph.blocks) == 6 and len(graph.tail_blocks) == variant.get("single_depth", 0)
     # the streams leaving the deep segment: the video stream, plus the text stream when the postlude reads it
     assert len(graph.deep_streams) == (2 if variant.get("joint_final") else 1)
-    assert psnr(result, reference) >= 30.0
+    assert psnr_over_reference_range(result, reference) >= 30.0
 
 
 @pytest.mark.parametrize("variant", DUAL_STREAM_VARIANTS.values(), ids=DUAL_STREAM_VARIANTS.keys())
@@ -399,9 +392,9 @@ def test_blocks_with_data_dependent_sizes_accelerate(cache_target: str) -> None:
     assert_no_recompiles(recompile_report())
     (graph,) = backend.stats().graphs
     assert graph.accelerated, graph.fallback_reason
-    assert graph.cheap_steps > 0 and graph.generations == 2
+    assert graph.cheap_calls > 0 and graph.generations == 2
     reference = euler(model, noise, 12)
-    assert all(psnr(result, reference) >= 30.0 for result in results)
+    assert all(psnr_over_reference_range(result, reference) >= 30.0 for result in results)
     if cache_target == "residual":  # the shallow blocks run in full on cheap steps, nonzero() included
         assert all("depends on data" in why for why in graph.refresh_skipped.values()), graph.refresh_skipped
 
@@ -415,22 +408,22 @@ def test_single_stream_tail_with_residual_caching_accelerates() -> None:
     backend = HeroBackend(AOT.replace(cache_target="residual", split=2))
     result = euler(torch.compile(model, backend=backend, fullgraph=True), noise, 20, text)
     (graph,) = backend.stats().graphs
-    assert graph.accelerated and graph.cheap_steps > 0 and len(graph.tail_blocks) == 3
-    assert psnr(result, euler(model, noise, 20, text)) >= 30.0
+    assert graph.accelerated and graph.cheap_calls > 0 and len(graph.tail_blocks) == 3
+    assert psnr_over_reference_range(result, euler(model, noise, 20, text)) >= 30.0
 
 
 def test_batch_size_change_recompiles_to_a_dynamic_graph_that_accelerates() -> None:
     model = make_dit(DIT12)
     backend = HeroBackend(AOT)
     compiled = torch.compile(model, backend=backend)
-    flow_matching_sample_nograd(compiled, dit_noise(DIT12, batch=1), 12)
+    euler(compiled, dit_noise(DIT12, batch=1), 12)
     noise = dit_noise(DIT12, batch=3)
-    result = flow_matching_sample_nograd(compiled, noise, 12)
+    result = euler(compiled, noise, 12)
     assert len(backend.stats().graphs) == 2
     static, dynamic = backend.stats().graphs
-    assert static.cheap_steps > 0 and static.generations == 1
-    assert dynamic.accelerated and dynamic.cheap_steps > 0 and dynamic.generations == 1
-    assert psnr(result, flow_matching_sample_nograd(model, noise, 12)) >= 30.0
+    assert static.cheap_calls > 0 and static.generations == 1
+    assert dynamic.accelerated and dynamic.cheap_calls > 0 and dynamic.generations == 1
+    assert psnr_over_reference_range(result, euler(model, noise, 12)) >= 30.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,7 +443,7 @@ def test_default_backend_by_name() -> None:
     first = euler(compiled, noise, 12)
     assert len(hero_compile.stats().graphs) == graphs_before + 1
     graph = hero_compile.stats().graphs[-1]
-    assert graph.accelerated and graph.cheap_steps > 0 and graph.generations == 1
+    assert graph.accelerated and graph.cheap_calls > 0 and graph.generations == 1
     assert DEFAULT_BACKEND.config == HeroConfig(), "options must not leak into the default backend's config"
 
     # a second generation learns the length and runs its final step in full, so it differs ...
@@ -509,8 +502,8 @@ ENTRY_POINT_SCRIPT = textwrap.dedent(
     import hero_compile
     graph = hero_compile.stats().graphs[0]
     print(json.dumps({"imported_before": imported_before, "imported_after": imported_after,
-                      "cheap": graph.cheap_steps,
-                      "full": graph.full_steps, "blocks": len(graph.blocks), "first_error": outs[0]}))
+                      "cheap": graph.cheap_calls,
+                      "full": graph.full_calls, "blocks": len(graph.blocks), "first_error": outs[0]}))
     """
 )
 
@@ -591,7 +584,7 @@ def test_rewrite_matches_reference(split: int, cache_target: str, order: int, wa
     with torch.no_grad():
         for (x, t), expected in zip(inputs, eager):
             torch.testing.assert_close(compiled(x, t), expected, atol=1e-5, rtol=0)
-    assert backend.stats().graphs[0].cheap_steps == 0
+    assert backend.stats().graphs[0].cheap_calls == 0
 
     fresh_dynamo()
     backend = HeroBackend(config)
@@ -645,6 +638,6 @@ def test_grad_mode_runs_only_full_steps() -> None:
         out.square().mean().backward()
         expected.square().mean().backward()
     (graph,) = backend.stats().graphs
-    assert (graph.full_steps, graph.cheap_steps) == (8, 0)
+    assert (graph.full_calls, graph.cheap_calls) == (8, 0)
     for p, q in zip(model.parameters(), reference_model.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4)

@@ -8,16 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-
-from hero_compile.bench.harness import run_benchmark
-from hero_compile.bench.methods import BuildOptions, hero_settings
-from hero_compile.bench.models import BenchModel, cogvideox
+from hero_bench.harness import run_benchmark
+from hero_bench.methods import BuildOptions, hero_settings
+from hero_bench.models import BenchModel, cogvideox
 
 pytest.importorskip("diffusers")
 pytest.importorskip("cache_dit")
 
-from hero_compile.bench.cache_dit import cache_dit_methods, dbcache
-from hero_compile.bench.diffusers_hooks import diffusers_hook_methods
+from hero_bench.cache_dit import cache_dit_methods, dbcache
+from hero_bench.diffusers_hooks import diffusers_hook_methods
 
 # The faster setting of each hook: the one that must skip work.
 HOOKS = {"diffusers FBCache r=0.2", "diffusers TaylorSeer N=3", "diffusers PAB skip=2",

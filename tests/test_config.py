@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from models import StackModel
+from models import StackModel, euler
 from torch._inductor import list_mode_options
 
 import hero_compile
@@ -148,19 +148,11 @@ def test_backend_rejects_unexpected_keyword_arguments(capture) -> None:  # type:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _sample(model: torch.nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
-    with torch.no_grad():
-        for i in range(steps):
-            t = torch.tensor([1000.0 * (1 - i / steps)])
-            x = x - model(x, t) / steps
-    return x
-
-
 def test_unknown_compile_option_fails_naming_it() -> None:
     model = StackModel(depth=2)
     compiled = torch.compile(model, backend=hero_compile.backend(HeroConfig(lowering="aot_eager")), options={"nope": 1})
     with pytest.raises(Exception, match="nope"):
-        _sample(compiled, torch.randn(1, 3, 4), 1)
+        euler(compiled, torch.randn(1, 3, 4), 1)
 
 
 def test_interval_option_overrides_the_config() -> None:
@@ -168,14 +160,14 @@ def test_interval_option_overrides_the_config() -> None:
     x = torch.randn(1, 3, 4)
     backend = hero_compile.backend(HeroConfig(lowering="aot_eager", interval=3))
 
-    _sample(torch.compile(model, backend=backend, options={"interval": 1}), x, 10)
+    euler(torch.compile(model, backend=backend, options={"interval": 1}), x, 10)
     overridden = backend.stats().graphs[-1]
     assert overridden.accelerated
-    assert (overridden.full_steps, overridden.cheap_steps) == (10, 0)
+    assert (overridden.full_calls, overridden.cheap_calls) == (10, 0)
     assert backend.config.interval == 3, "options must not change the backend's own config"
 
     torch._dynamo.reset()
-    _sample(torch.compile(model, backend=backend), x, 10)
+    euler(torch.compile(model, backend=backend), x, 10)
     plain = backend.stats().graphs[-1]
     assert plain is not overridden
-    assert plain.cheap_steps > 0 and plain.full_steps + plain.cheap_steps == 10
+    assert plain.cheap_calls > 0 and plain.full_calls + plain.cheap_calls == 10

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import DualStreamTransformer, NoStackModel, StackModel
 
-from hero_compile.passes.discover_blocks import BlockStack, discover_blocks, module_path, nodes_by_name
+from hero_compile.passes.discover_blocks import BlockStack, discover_blocks, module_path
 from hero_compile.passes.errors import RewriteUnsupported
+from hero_compile.passes.graph_surgery import nodes_by_name
 from hero_compile.testing.dit import DiTConfig, make_dit
 
 

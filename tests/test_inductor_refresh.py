@@ -26,4 +26,4 @@ def test_ratio_one_refresh_under_inductor_equals_eager(kv_source: str) -> None:
             torch.testing.assert_close(compiled(x, context, timestep), model(x, context, timestep),
                                        atol=1e-5, rtol=1e-5)
     graph = backend.stats().graphs[0]
-    assert graph.cheap_steps == 2 and not graph.refresh_skipped and graph.fallback_reason is None
+    assert graph.cheap_calls == 2 and not graph.refresh_skipped and graph.fallback_reason is None

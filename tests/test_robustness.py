@@ -12,7 +12,7 @@ from models import StackModel
 
 import hero_compile
 from hero_compile import HeroBackend, HeroConfig
-from hero_compile.bench.metrics import psnr
+from hero_compile.measurement import psnr_over_reference_range
 from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
 
 AOT = HeroConfig(lowering="aot_eager")
@@ -40,8 +40,8 @@ def test_inference_mode_generation_is_accelerated_in_one_graph() -> None:
         results = [flow_matching_sample(compiled, noise(), 16) for _ in range(2)]
     assert_no_recompiles(recompile_report())
     (graph,) = backend.stats().graphs
-    assert graph.cheap_steps > 0 and graph.generations == 2
-    assert all(psnr(r, reference) > 30 for r in results)
+    assert graph.cheap_calls > 0 and graph.generations == 2
+    assert all(psnr_over_reference_range(r, reference) > 30 for r in results)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -53,9 +53,9 @@ def test_low_precision_generation_is_accelerated(dtype: torch.dtype) -> None:
         reference = flow_matching_sample(model, noise(dtype=dtype), 16)
         result = flow_matching_sample(compiled, noise(dtype=dtype), 16)
     (graph,) = backend.stats().graphs
-    assert graph.accelerated and graph.cheap_steps > 0
+    assert graph.accelerated and graph.cheap_calls > 0
     assert result.dtype == dtype
-    assert psnr(result.float(), reference.float()) > 25
+    assert psnr_over_reference_range(result.float(), reference.float()) > 25
 
 
 def test_dynamic_shapes_serve_every_batch_size() -> None:
@@ -65,11 +65,11 @@ def test_dynamic_shapes_serve_every_batch_size() -> None:
     with torch.no_grad():
         for batch in (1, 3, 2):
             result = flow_matching_sample(compiled, noise(batch), 12)
-            assert psnr(result, flow_matching_sample(model, noise(batch), 12)) > 30
+            assert psnr_over_reference_range(result, flow_matching_sample(model, noise(batch), 12)) > 30
     # Dynamo specializes batch 1 (a 0/1 size) and serves batches 3 and 2 from one dynamic graph.
     static, dynamic = (g for g in backend.stats().graphs if g.generations)
     assert (static.generations, dynamic.generations) == (1, 2)
-    assert static.cheap_steps > 0 and dynamic.cheap_steps > 0
+    assert static.cheap_calls > 0 and dynamic.cheap_calls > 0
 
 
 def test_two_models_with_the_default_backend_keep_their_own_state() -> None:
@@ -93,7 +93,7 @@ def test_two_models_with_the_default_backend_keep_their_own_state() -> None:
     graphs_before = len(hero_compile.stats().graphs)
     together = interleaved()
     graphs = hero_compile.stats().graphs[graphs_before:]
-    assert len(graphs) == 2 and all(g.generations == 1 and g.cheap_steps > 0 for g in graphs)
+    assert len(graphs) == 2 and all(g.generations == 1 and g.cheap_calls > 0 for g in graphs)
     for a, b in zip(together, alone()):
         assert torch.equal(a, b)
 
@@ -111,7 +111,7 @@ def test_one_call_and_a_repeated_timestep_behave_like_plain_compilation() -> Non
     for output in outputs:
         torch.testing.assert_close(output, expected, atol=1e-5, rtol=0)
     (graph,) = backend.stats().graphs
-    assert (graph.full_steps, graph.cheap_steps, graph.generations) == (10, 0, 1)
+    assert (graph.full_calls, graph.cheap_calls, graph.generations) == (10, 0, 1)
 
 
 class Guarded(StackModel):
@@ -145,5 +145,5 @@ def test_max_autotune_mode_compiles_every_variant_and_accelerates() -> None:
     results = [stack_generation(compiled, x) for _ in range(2)]
     assert_no_recompiles(recompile_report())
     (graph,) = backend.stats().graphs
-    assert graph.accelerated and graph.cheap_steps > 0
-    assert all(psnr(result, stack_generation(model, x)) > 30 for result in results)
+    assert graph.accelerated and graph.cheap_calls > 0
+    assert all(psnr_over_reference_range(result, stack_generation(model, x)) > 30 for result in results)

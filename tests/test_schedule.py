@@ -143,7 +143,7 @@ def test_generation_state_tracks_steps_slots_and_generations() -> None:
     ]  # fmt: skip
     assert state.total_steps() is None, "the first generation's length is unknown"
     assert state.advance(1000.0) is True, "the timestep going up starts a new generation"
-    assert (state.step, state.slot, state.caches) == (0, 0, {})
+    assert (state.step, state.slot, state.slots) == (0, 0, {})
     assert state.total_steps() == 4
     state.advance(600.0)
     assert state.total_steps() is None, "a different schedule has an unknown length"

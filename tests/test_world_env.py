@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hero_world.env import TURN_COLUMNS, Action, Maze, episode, random_actions, ray_angles
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hero_compile.world.env import TURN_COLUMNS, Action, Maze, episode, random_actions, ray_angles
 
 
 @given(seed=st.integers(0, 10_000), length=st.integers(1, 20))

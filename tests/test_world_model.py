@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import fresh_dynamo
+from hero_world.checkpoint import WEIGHTS_DIR, WeightsError, load_world_model, weights_path
+from hero_world.data import HELD_OUT_SEEDS
+from hero_world.demo import psnr_rgb
+from hero_world.env import NUM_ACTIONS
+from hero_world.model import WorldModel
+from hero_world.rollout import rollout_scenarios, scenario
+from hero_world.train import main as train_main
 from torch._dynamo.utils import counters
 
 import hero_compile
 from hero_compile import HeroConfig
-from hero_compile.world.checkpoint import WEIGHTS_DIR, WeightsError, load_world_model, weights_path
-from hero_compile.world.data import HELD_OUT_SEEDS
-from hero_compile.world.demo import psnr
-from hero_compile.world.env import NUM_ACTIONS
-from hero_compile.world.model import WorldModel
-from hero_compile.world.rollout import rollout_scenarios, scenario
-from hero_compile.world.train import main as train_main
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +59,14 @@ def psnr_against_truth(model: WorldModel, seeds: range, wrong_actions: bool = Fa
     scenarios = [scenario(seed, 2, config) for seed in seeds]
     truth = torch.stack([s.frames[:, config.context_frames :] for s in scenarios])
     last = torch.stack([s.frames[:, config.context_frames - 1 : config.context_frames] for s in scenarios])
-    scores = {"copy_last": psnr(last.expand_as(truth), truth)}
+    scores = {"copy_last": psnr_rgb(last.expand_as(truth), truth)}
     with torch.no_grad():
         # Batches of 16: one batch of 64 runs twice as long on 2 cores.
         batches = [scenarios[i : i + 16] for i in range(0, len(scenarios), 16)]
-        scores["true"] = psnr(torch.cat([rollout_scenarios(model, b, config, steps=12) for b in batches]), truth)
+        scores["true"] = psnr_rgb(torch.cat([rollout_scenarios(model, b, config, steps=12) for b in batches]), truth)
         if wrong_actions:
             wrong = [replace(s, actions=(s.actions + 1) % NUM_ACTIONS) for s in scenarios]
-            scores["wrong"] = psnr(rollout_scenarios(model, wrong, config, steps=12), truth)
+            scores["wrong"] = psnr_rgb(rollout_scenarios(model, wrong, config, steps=12), truth)
     return scores
 
 
@@ -93,8 +93,8 @@ def test_rollout_under_hero_is_one_graph_without_recompiles_across_chunks(model:
         full = rollout_scenarios(model, scenarios, config, steps=10)
     graph = backend.stats().graphs[0]
     assert len(backend.stats().graphs) == 1 and counters["stats"]["unique_graphs"] == 1
-    assert graph.generations == 3 and graph.cheap_steps > 0 and graph.fallback_reason is None
-    assert psnr(hero, full) > 25.0
+    assert graph.generations == 3 and graph.cheap_calls > 0 and graph.fallback_reason is None
+    assert psnr_rgb(hero, full) > 25.0
 
 
 def test_demo_without_weights_exits_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

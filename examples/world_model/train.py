@@ -1,6 +1,6 @@
-"""Train the bundled world model (see hero_compile/world/train.py): ``python examples/world_model/train.py``."""
+"""Train the bundled world model (see world/hero_world/train.py): ``python examples/world_model/train.py``."""
 
-from hero_compile.world.train import main
+from hero_world.train import main
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch._dynamo.utils import counters
 
 from hero_compile.passes.errors import RewriteUnsupported
+from hero_compile.passes.graph_surgery import flat_args
 
 _INDEXED_CHILD = re.compile(r"^(?P<prefix>.+)\.(?P<index>\d+)$")
 
@@ -215,7 +216,7 @@ def _block_owner_of_each_node(graph: fx.Graph) -> dict[fx.Node, tuple[str, int]]
     return owner
 
 
-def _signature(nodes: list[fx.Node]) -> tuple[tuple[str, str], ...]:
+def _op_sequence(nodes: list[fx.Node]) -> tuple[tuple[str, str], ...]:
     return tuple((n.op, _target_name(n.target)) for n in nodes)
 
 
@@ -249,7 +250,7 @@ def _longest_identical_run(blocks_nodes: list[list[fx.Node]]) -> range:
     best = range(0, 0)
     start = 0
     for i in range(1, len(blocks_nodes) + 1):
-        if i == len(blocks_nodes) or _signature(blocks_nodes[i]) != _signature(blocks_nodes[start]):
+        if i == len(blocks_nodes) or _op_sequence(blocks_nodes[i]) != _op_sequence(blocks_nodes[start]):
             if i - start > len(best):
                 best = range(start, i)
             start = i
@@ -277,14 +278,3 @@ def _stream_slots(blocks_nodes: Sequence[Sequence[fx.Node]]) -> tuple[InputSlot,
                 if arg in produced:
                     slots[InputSlot(position, argument)] = None
     return tuple(slots)
-
-
-def flat_args(node: fx.Node) -> list[fx.Node]:
-    """The node's inputs in a fixed order (positional, then keyword), nested containers flattened."""
-    flat: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), flat.append)
-    return flat
-
-
-def nodes_by_name(graph: fx.Graph) -> dict[str, fx.Node]:
-    return {node.name: node for node in graph.nodes}

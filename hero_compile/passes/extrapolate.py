@@ -18,14 +18,16 @@ import torch.fx as fx
 from torch._dynamo.utils import counters
 
 from hero_compile.config import CacheTarget
-from hero_compile.passes.discover_blocks import Block, BlockStack, flat_args, nodes_by_name
+from hero_compile.passes.discover_blocks import Block, BlockStack
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.graph_surgery import (
     RUNTIME_ASSERTS,
     append_placeholders,
     checked_tensors,
     copy_graph,
+    flat_args,
     new_graph_module,
+    nodes_by_name,
     view_chain,
     written_value,
 )

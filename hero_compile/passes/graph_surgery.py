@@ -1,4 +1,4 @@
-"""Graph surgery shared by the passes: copying a graph, adding inputs and outputs, liveness."""
+"""The FX utilities every pass shares: looking nodes up, copying a graph, adding inputs and outputs, liveness."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from collections import defaultdict
 import torch
 import torch.fx as fx
 
-from hero_compile.passes.discover_blocks import flat_args, nodes_by_name
+
+def flat_args(node: fx.Node) -> list[fx.Node]:
+    """The node's inputs in a fixed order (positional, then keyword), nested containers flattened."""
+    flat: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), flat.append)
+    return flat
+
+
+def nodes_by_name(graph: fx.Graph) -> dict[str, fx.Node]:
+    return {node.name: node for node in graph.nodes}
 
 
 def copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[str, fx.Node]]:

@@ -19,9 +19,15 @@ import torch
 import torch.fx as fx
 from torch._dynamo.utils import counters
 
-from hero_compile.passes.discover_blocks import Block, flat_args
+from hero_compile.passes.discover_blocks import Block
 from hero_compile.passes.errors import RewriteUnsupported
-from hero_compile.passes.graph_surgery import append_outputs, append_placeholders, copy_graph, new_graph_module
+from hero_compile.passes.graph_surgery import (
+    append_outputs,
+    append_placeholders,
+    copy_graph,
+    flat_args,
+    new_graph_module,
+)
 from hero_compile.passes.token_axis import ArgumentEdit, ResizeView, Segment, SliceTokens, TokenAxis, TokenAxisMap
 
 

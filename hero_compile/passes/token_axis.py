@@ -23,8 +23,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
-from hero_compile.passes.discover_blocks import Block, flat_args, nodes_by_name
+from hero_compile.passes.discover_blocks import Block
 from hero_compile.passes.errors import RewriteUnsupported
+from hero_compile.passes.graph_surgery import flat_args, nodes_by_name
 
 
 @dataclass(frozen=True)

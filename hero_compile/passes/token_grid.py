@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from hero_compile.passes.discover_blocks import flat_args
+from hero_compile.passes.graph_surgery import flat_args
 
 _RESHAPES = {"view", "reshape", "flatten", torch.reshape, torch.flatten}
 _MAX_HOPS = 64

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hero_compile.testing.sampling import euler_flow_matching
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -155,11 +157,6 @@ def make_dit(config: DiTConfig = DiTConfig(), seed: int = 0) -> DiT:
 def flow_matching_sample(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor, steps: int = 20
 ) -> torch.Tensor:
-    """Euler sampler of a rectified-flow model from t=1 (noise) to t=0; the model sees t scaled to [0, 1000]."""
-    x = noise
-    ts = torch.linspace(1.0, 0.0, steps + 1)
-    for i in range(steps):
-        t = torch.full((x.shape[0],), float(ts[i]) * 1000.0, device=x.device)
-        v = model(x, t)
-        x = x + (ts[i + 1] - ts[i]).item() * v
-    return x
+    """Euler sampler of a rectified-flow model from t=1 (noise) to t=0; the model sees t scaled to [0, 1000]
+    (:func:`~hero_compile.testing.sampling.euler_flow_matching` with the defaults of the tests and benchmarks)."""
+    return euler_flow_matching(model, noise, steps)

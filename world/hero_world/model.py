@@ -5,8 +5,8 @@ sequence with a fixed sine-cosine embedding of each token's (frame, row, column)
 and queries and keys are rotated by a 3D rotary embedding of the same indices, as in CogVideoX-5B, Wan and
 HunyuanVideo. With rotary positions an attention score depends on how far apart two tokens are, so "the
 content three patches to the left in the last frame" (a turn) is one pattern wherever it happens: a model
-trained for an hour on 2 cores learns it sooner (with the same recipe, its loss ends a quarter lower than with
-sine-cosine positions alone, and rollouts score 1 dB higher against the ground truth).
+trained for an hour on 2 cores learns it sooner (docs/world_model.md says what each version changed and
+what it gained).
 Each frame's tokens also carry a learned embedding of its role (context) or of the action that led to it
 (future), and the actions also join the timestep in the adaLN conditioning. Blocks are the DiT blocks of
 ``hero_compile.testing.dit`` (fused SDPA, adaLN-Zero). Channels are RGB and disparity (as Aether predicts
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hero_compile.testing.dit import DiTBlock, modulate, patchify, timestep_embedding, unpatchify
-from hero_compile.world.env import NUM_ACTIONS
+from hero_world.env import NUM_ACTIONS
 
 MIN_TIME = 1e-3
 """Noise levels below this are treated as this one when converting the clean prediction to a velocity."""

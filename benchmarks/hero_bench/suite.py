@@ -6,11 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hero_compile.bench.harness import run_benchmark
-from hero_compile.bench.host_caches import duca, first_block_cache, toca, worldcache
-from hero_compile.bench.methods import Lowering, Method, delta_dit, fora, hero_settings, taylorseer
-from hero_compile.bench.models import BenchModel, benchmark_dit, cogvideox, world_model
-from hero_compile.bench.tables import markdown, write_json, write_pareto_plot
+from hero_bench.harness import run_benchmark
+from hero_bench.host_caches import duca, first_block_cache, toca, worldcache
+from hero_bench.methods import Lowering, Method, delta_dit, fora, hero_settings, taylorseer
+from hero_bench.models import BenchModel, benchmark_dit, cogvideox, world_model
+from hero_bench.tables import markdown, write_json, write_pareto_plot
 
 MODELS: dict[str, Callable[..., BenchModel]] = {"world": world_model, "dit": benchmark_dit, "cogvideox": cogvideox}
 
@@ -24,7 +24,7 @@ def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
     if bench.name == "cogvideox":
         import logging
 
-        from hero_compile.bench.diffusers_hooks import diffusers_hook_methods
+        from hero_bench.diffusers_hooks import diffusers_hook_methods
 
         peers = diffusers_hook_methods(bench, bench.steps, with_faster=quick)
         try:
@@ -33,7 +33,7 @@ def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
             logging.getLogger("hero_compile").warning("cache-dit is not importable (%s): its rows are skipped; "
                                                       "install it with `pip install hero-compile[bench]`", error)
         else:
-            from hero_compile.bench.cache_dit import cache_dit_methods
+            from hero_bench.cache_dit import cache_dit_methods
 
             peers += cache_dit_methods(bench.depth, bench.steps)[: 2 if quick else 1]
         return [*hero_settings((2, 3) if quick else (2, 3, 4, 6)), fora(2), taylorseer(1, 3),

@@ -15,8 +15,8 @@ from typing import Any
 import cache_dit
 from torch import nn
 
-from hero_compile.bench.diffusers_hooks import isolated_copy, tensor_bytes
-from hero_compile.bench.methods import BuildOptions, Candidate, Method, compile_with
+from hero_bench.diffusers_hooks import isolated_copy, tensor_bytes
+from hero_bench.methods import BuildOptions, Candidate, Method, compile_with
 
 THRESHOLD = 0.12
 """The residual-difference threshold of cache-dit's documented DBCache F1B0 + TaylorSeer setting."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hero_compile.world.env import episode, random_actions
-from hero_compile.world.model import WorldModelConfig
+from hero_world.env import episode, random_actions
+from hero_world.model import WorldModelConfig
 
 HELD_OUT_SEEDS = range(1_000_000, 1_000_064)
 """Seeds never used for training: the demo and the quality figures roll out on these."""

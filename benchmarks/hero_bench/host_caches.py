@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hero_compile.bench.methods import BuildOptions, Candidate, Method, compile_with
+from hero_bench.methods import BuildOptions, Candidate, Method, compile_with
 from hero_compile.testing.dit import DiTBlock, apply_rotary, modulate
 
 Selection = Literal["attention", "random"]

@@ -1,4 +1,4 @@
-"""The ``profile`` variant: the full computation, also measuring how far each block's output moved since the
+"""The ``measuring`` variant: the full computation, also measuring how far each block's output moved since the
 previous denoising step (the layer-wise temporal variability the shallow/deep split is chosen by).
 
 The measurement is a pair of sums per block, ``||F_l(t) - F_l(t-1)||^2`` and ``||F_l(t)||^2``, over every
@@ -16,9 +16,15 @@ import torch
 import torch.fx as fx
 from torch._dynamo.utils import counters
 
-from hero_compile.passes.discover_blocks import Block, BlockStack, nodes_by_name
+from hero_compile.passes.discover_blocks import Block, BlockStack
 from hero_compile.passes.errors import RewriteUnsupported
-from hero_compile.passes.graph_surgery import append_outputs, append_placeholders, copy_graph, new_graph_module
+from hero_compile.passes.graph_surgery import (
+    append_outputs,
+    append_placeholders,
+    copy_graph,
+    new_graph_module,
+    nodes_by_name,
+)
 
 
 def measured_outputs(block: Block, nodes: dict[str, fx.Node]) -> list[str]:
@@ -27,7 +33,7 @@ def measured_outputs(block: Block, nodes: dict[str, fx.Node]) -> list[str]:
 
 
 def add_variability_outputs(gm: fx.GraphModule, stack: BlockStack) -> fx.GraphModule:
-    """The profile variant of ``gm``.
+    """The measuring variant of ``gm``.
 
     Inputs after the original ones: every block's measured outputs at the previous step (block order, then
     :func:`measured_outputs` order). Outputs after the original ones: the same values at this step, then a

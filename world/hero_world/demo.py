@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,10 @@ from tqdm import tqdm
 
 import hero_compile
 from hero_compile.config import HeroConfig
-from hero_compile.world.checkpoint import WEIGHTS_DIR, load_world_model
-from hero_compile.world.data import HELD_OUT_SEEDS
-from hero_compile.world.rollout import GUIDANCE, rollout_scenarios, scenario
+from hero_compile.measurement import alternated_timings
+from hero_world.checkpoint import WEIGHTS_DIR, load_world_model
+from hero_world.data import HELD_OUT_SEEDS
+from hero_world.rollout import GUIDANCE, rollout_scenarios, scenario
 
 
 def rgb(frames: torch.Tensor) -> torch.Tensor:
@@ -33,11 +33,11 @@ def disparity(frames: torch.Tensor) -> torch.Tensor:
     return ((frames[:, 3] + 1) / 2).clamp(0, 1)
 
 
-def psnr(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+def psnr_rgb(estimate: torch.Tensor, reference: torch.Tensor) -> float:
     return float(peak_signal_noise_ratio(rgb(estimate), rgb(reference), data_range=1.0))
 
 
-def ssim(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+def ssim_rgb(estimate: torch.Tensor, reference: torch.Tensor) -> float:
     value = structural_similarity_index_measure(rgb(estimate), rgb(reference), data_range=1.0)
     assert isinstance(value, torch.Tensor)
     return float(value)
@@ -66,14 +66,9 @@ def compare_on_world_model(
     compiled = {"full": torch.compile(model, backend="inductor", fullgraph=True)}
     compiled.update({name: torch.compile(model, backend=b, fullgraph=True) for name, b in backends.items()})
     outputs: dict[str, torch.Tensor] = {}
-    times: dict[str, list[float]] = {name: [] for name in compiled}
 
-    def run(name: str) -> Callable[[], None]:
-        def generate() -> None:
-            start = time.perf_counter()
-            outputs[name] = rollout_scenarios(compiled[name], scenarios, config, steps, guidance)
-            times[name].append(time.perf_counter() - start)
-        return generate
+    def generate(name: str) -> None:
+        outputs[name] = rollout_scenarios(compiled[name], scenarios, config, steps, guidance)
 
     total = len(compiled) * (1 + repeats)
     with (
@@ -81,11 +76,9 @@ def compare_on_world_model(
         torch.no_grad(),
         tqdm(total=total, desc="world-model rollouts", unit="rollout") as bar,
     ):
-        for _ in range(1 + repeats):
-            for name in compiled:
-                run(name)()
-                bar.update()
-    seconds = {name: statistics.median(values[1:]) for name, values in times.items()}
+        runs = {name: partial(generate, name) for name in compiled}
+        times = alternated_timings(runs, 1 + repeats, on_run=bar.update)
+    seconds = {name: statistics.median(values[1:]) for name, values in times.items()}  # the first round compiles
     full = outputs["full"]
     common = {
         "seeds": list(HELD_OUT_SEEDS[:seeds]),
@@ -94,9 +87,9 @@ def compare_on_world_model(
         "guidance": guidance,
         "threads": threads,
         "seconds_full": seconds["full"],
-        "psnr_gt_full": psnr(full, truth),
-        "psnr_gt_copy_last": psnr(last_context.expand_as(truth), truth),
-        "ssim_gt_full": ssim(full, truth),
+        "psnr_gt_full": psnr_rgb(full, truth),
+        "psnr_gt_copy_last": psnr_rgb(last_context.expand_as(truth), truth),
+        "ssim_gt_full": ssim_rgb(full, truth),
         "disparity_error_full": _disparity_error(full, truth),
     }
     rows = []
@@ -107,14 +100,14 @@ def compare_on_world_model(
             "hero_config": dataclasses.asdict(hero_config),
             "seconds_hero": seconds[name],
             "speedup": seconds["full"] / seconds[name],
-            "psnr_gt_hero": psnr(hero, truth),
-            "psnr_hero_vs_full": psnr(hero, full),
-            "ssim_gt_hero": ssim(hero, truth),
-            "ssim_hero_vs_full": ssim(hero, full),
+            "psnr_gt_hero": psnr_rgb(hero, truth),
+            "psnr_hero_vs_full": psnr_rgb(hero, full),
+            "ssim_gt_hero": ssim_rgb(hero, truth),
+            "ssim_hero_vs_full": ssim_rgb(hero, full),
             "disparity_error_hero": _disparity_error(hero, truth),
             "split": graph.split,
-            "cheap_calls": graph.cheap_steps,
-            "full_calls": graph.full_steps,
+            "cheap_calls": graph.cheap_calls,
+            "full_calls": graph.full_calls,
         })
     return {"common": common, "rows": rows, "outputs": {"truth": truth, **outputs}}
 

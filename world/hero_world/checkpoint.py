@@ -8,7 +8,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from hero_compile.world.model import WorldModel, WorldModelConfig
+from hero_world.model import WorldModel, WorldModelConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 RETRAIN = "retrain it with `python examples/world_model/train.py` (45 minutes on 2 CPU cores)"

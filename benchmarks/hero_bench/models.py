@@ -65,10 +65,10 @@ def benchmark_dit(quick: bool = False, steps: int = 20) -> BenchModel:
 
 def world_model(quick: bool = False, weights: Path | None = None) -> BenchModel:
     """The bundled world model rolling out held-out mazes with guidance (two calls per step)."""
-    from hero_compile.world.checkpoint import WEIGHTS_DIR, load_world_model
-    from hero_compile.world.data import HELD_OUT_SEEDS
-    from hero_compile.world.demo import psnr, ssim
-    from hero_compile.world.rollout import GUIDANCE, rollout_scenarios, scenario
+    from hero_world.checkpoint import WEIGHTS_DIR, load_world_model
+    from hero_world.data import HELD_OUT_SEEDS
+    from hero_world.demo import psnr_rgb, ssim_rgb
+    from hero_world.rollout import GUIDANCE, rollout_scenarios, scenario
 
     seeds, chunks, steps = (1, 1, 10) if quick else (2, 2, 30)
     model = load_world_model(weights or WEIGHTS_DIR)
@@ -84,7 +84,7 @@ def world_model(quick: bool = False, weights: Path | None = None) -> BenchModel:
         depth=config.depth,
         steps=steps,
         calls_per_step=2,
-        metrics=lambda estimate, reference: (psnr(estimate, reference), ssim(estimate, reference)),
+        metrics=lambda estimate, reference: (psnr_rgb(estimate, reference), ssim_rgb(estimate, reference)),
         ground_truth=truth,
     )
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import torch
 
 import hero_compile
 from hero_compile.config import HeroConfig, KeyValueSource
+from hero_compile.measurement import alternated_timings
 from hero_compile.testing.dit import DiTConfig, make_dit
 
 
@@ -36,20 +36,17 @@ def refreshed_block_cost(
     )
     backend = hero_compile.backend(config)
     compiled = torch.compile(model, backend=backend, fullgraph=True)
-    timesteps = iter(torch.linspace(1000.0, 0.0, 2 * repeats + 8))
-    full_times: list[float] = []
-    cheap_times: list[float] = []
+    timesteps = iter([torch.full((1,), float(t)) for t in torch.linspace(1000.0, 0.0, 2 * repeats + 8)])
+
+    def step() -> None:
+        compiled(x, next(timesteps))
+
+    # The backend is reset before each round: the first call of a generation is full, the second cheap.
     with torch.no_grad():
-        for step in range(repeats + 2):
-            backend.reset()  # first call of a generation: full; second: cheap
-            for times in (full_times, cheap_times):
-                t = torch.full((1,), float(next(timesteps)))
-                start = time.perf_counter()
-                compiled(x, t)
-                if step >= 2:  # the first rounds compile
-                    times.append(time.perf_counter() - start)
+        times = alternated_timings({"full": step, "cheap": step}, repeats + 2, before_round=backend.reset)
+    full_times, cheap_times = times["full"][2:], times["cheap"][2:]  # the first rounds compile
     graph = backend.stats().graphs[0]
-    assert graph.cheap_steps == repeats + 2, "every second call must be cheap"
+    assert graph.cheap_calls == repeats + 2, "every second call must be cheap"
     return {
         "refresh_ratio": refresh_ratio,
         "kv_source": kv_source,

@@ -10,9 +10,9 @@ import torch
 from torch._dynamo.utils import counters, graph_break_reasons
 from tqdm import tqdm
 
-from hero_compile.bench.methods import BuildOptions, Candidate, Lowering, Method, full_compute
-from hero_compile.bench.metrics import FlopCounter, alternated_medians
-from hero_compile.bench.models import BenchModel
+from hero_bench.methods import BuildOptions, Candidate, Lowering, Method, full_compute
+from hero_bench.models import BenchModel
+from hero_compile.measurement import FlopCounter, alternated_medians
 
 REFERENCE = "full"
 MIB = 2**20

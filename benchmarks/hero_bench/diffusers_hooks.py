@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hero_compile.bench.methods import BuildOptions, Candidate, Method, compile_with
-from hero_compile.bench.models import BenchModel
+from hero_bench.methods import BuildOptions, Candidate, Method, compile_with
+from hero_bench.models import BenchModel
 
 
 class _StepTracker:

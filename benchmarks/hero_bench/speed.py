@@ -10,8 +10,8 @@ import torch
 from tqdm import tqdm
 
 import hero_compile
-from hero_compile.bench.metrics import alternated_medians, count_flops, psnr
 from hero_compile.config import HeroConfig
+from hero_compile.measurement import alternated_medians, count_flops, psnr_over_reference_range
 from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
 
 REFERENCE = "inductor"
@@ -74,9 +74,9 @@ def compare_on_dit(
             "speedup": speedup,
             "flop_speedup": flop_speedup,
             "efficiency": speedup / flop_speedup,
-            "psnr_vs_full": psnr(outputs[name], outputs[REFERENCE]),
+            "psnr_vs_full": psnr_over_reference_range(outputs[name], outputs[REFERENCE]),
             "split": graph.split,
-            "cheap_steps": graph.cheap_steps,
+            "cheap_calls": graph.cheap_calls,
             "fallback_reason": graph.fallback_reason,
         })
     return rows

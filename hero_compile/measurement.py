@@ -1,4 +1,7 @@
-"""Quality and cost measurements shared by the benchmarks."""
+"""How hero is measured: PSNR against a reference, FLOPs of the aten ops that run, alternated wall time.
+
+Torch only: the analysis (``hero_compile.analyze``), the benchmark harness, the examples and the tests share it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 
-def psnr(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+def psnr_over_reference_range(estimate: torch.Tensor, reference: torch.Tensor) -> float:
     """Peak signal-to-noise ratio of ``estimate`` in dB, the peak being the reference's value range."""
     mse = torch.mean((estimate.double() - reference.double()) ** 2).item()
     peak = (reference.max() - reference.min()).double().item()
@@ -50,15 +53,29 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.total
 
 
-def alternated_medians(runs: Mapping[str, Callable[[], Any]], repeats: int, on_run: Callable[[], None] | None = None
-                       ) -> dict[str, float]:
-    """Median wall time of each callable, the callables alternated so that drift of the machine hits all alike."""
+def alternated_timings(
+    runs: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    on_run: Callable[[], None] | None = None,
+    before_round: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Wall time of each callable in each of ``repeats`` rounds, every round calling each callable once, in
+    order, so that drift of the machine hits all alike. Untimed: ``on_run`` (a progress bar) after each call,
+    ``before_round`` (to reset state the callables share) before each round."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
+        if before_round is not None:
+            before_round()
         for name, fn in runs.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
             if on_run is not None:
                 on_run()
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def alternated_medians(runs: Mapping[str, Callable[[], Any]], repeats: int, on_run: Callable[[], None] | None = None
+                       ) -> dict[str, float]:
+    """Median wall time of each callable over ``repeats`` alternated rounds (:func:`alternated_timings`)."""
+    return {name: statistics.median(values) for name, values in alternated_timings(runs, repeats, on_run).items()}

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 import hero_compile
-from hero_compile.config import HeroConfig
-
-Lowering = Literal["inductor", "aot_eager", "eager"]
+from hero_compile.config import HeroConfig, Lowering
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Train the bundled world model with flow matching on procedurally generated maze clips.
 
 Run: ``python examples/world_model/train.py [--minutes 50] [--smoke]``. Writes the fp16 weights, the config and
-the training log next to each other (``hero_compile/world/weights/`` by default).
+the training log next to each other (``world/hero_world/weights/`` by default).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from hero_compile.world.checkpoint import WEIGHTS_DIR, config_path, log_path, weights_path
-from hero_compile.world.data import training_batch
-from hero_compile.world.model import NULL_ACTION, WorldModel, WorldModelConfig
+from hero_world.checkpoint import WEIGHTS_DIR, config_path, log_path, weights_path
+from hero_world.data import training_batch
+from hero_world.model import NULL_ACTION, WorldModel, WorldModelConfig
 
 ACTION_DROPOUT = 0.1
 CONTEXT_NOISE = 0.05

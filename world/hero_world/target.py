@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from hero_compile.world.checkpoint import WEIGHTS_DIR, load_world_model
-from hero_compile.world.data import HELD_OUT_SEEDS
-from hero_compile.world.model import WorldModel
-from hero_compile.world.rollout import GUIDANCE, rollout, scenario
+from hero_world.checkpoint import WEIGHTS_DIR, load_world_model
+from hero_world.data import HELD_OUT_SEEDS
+from hero_world.model import WorldModel
+from hero_world.rollout import GUIDANCE, rollout, scenario
 
 
 def world_model_target(

@@ -1,0 +1,76 @@
+"""What the compile pipeline hands to the runtime: the compiled variants of one graph and how to call them.
+
+Calling conventions (the graphs are built in ``hero_compile.passes``):
+- ``measuring(*inputs, *previous_block_outputs) -> (*outputs, *block_outputs, variability_sums)``: while the
+  split is being measured (``hero_compile.passes.measure_variability``);
+- ``full(*inputs) -> (*outputs, *deep_features, *refresh_caches)``: one feature per deep stream, and what the
+  refreshed shallow blocks cache (each block's output, and its keys and values with ``kv_source="cache"``);
+- ``cheap(*inputs, [coefficients, *history], [refresh_indices, *refresh_caches]) -> (*outputs, *refresh_caches)``:
+  the first group when there is a deep segment (``history_length`` features per stream, most recent first),
+  the second when shallow blocks are refreshed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from hero_compile.token_selection import TokenSelector
+
+CompiledFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class InputRoles:
+    """Which graph inputs the runtime reads."""
+
+    timestep_index: int
+    activation_indices: tuple[int, ...]
+    """Inputs that are not parameters: their shapes decide whether cached features still fit."""
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What the runtime needs to know of the compiled variants."""
+
+    num_outputs: int
+    num_streams: int
+    history_length: int
+    num_refresh_caches: int
+
+
+class LazyVariant:
+    """A graph variant compiled on first use, for the real inputs it is first called with, outside Dynamo's
+    tracing context (it is compiled while Dynamo's compiled code runs, not while Dynamo traces).
+
+    It is specialized to those inputs' sizes, so the caller names the sizes: a graph with dynamic shapes is
+    compiled once per distinct ``sizes``.
+    """
+
+    def __init__(self, graph: fx.GraphModule, compile: Callable[[fx.GraphModule, list[Any]], CompiledFn]) -> None:
+        self.graph = graph
+        """The variant's graph, as handed to the lowering."""
+        self.compile = compile
+        self.by_sizes: dict[Any, CompiledFn] = {}
+
+    def for_inputs(self, inputs: Sequence[Any], sizes: Any) -> CompiledFn:
+        if sizes not in self.by_sizes:
+            with torch._guards.tracing(None):
+                self.by_sizes[sizes] = self.compile(self.graph, list(inputs))
+        return self.by_sizes[sizes]
+
+
+@dataclass
+class Variants:
+    """The full and cheap variants of one split."""
+
+    spec: VariantSpec
+    full: CompiledFn
+    cheap: LazyVariant | None
+    """``None`` when the split leaves nothing to skip (no deep segment, no refreshed block)."""
+    selector: TokenSelector | None
+    """Chooses the refreshed tokens of each cheap step; ``None`` when no block is refreshed."""
