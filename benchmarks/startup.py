@@ -1,7 +1,7 @@
 """Benchmark: start-up cost of hero against plain Inductor: import time, cold and warm compile time.
 
 Run: ``python benchmarks/startup.py [--models world,dit] [--steps 12] [--json PATH]``; ``--quick`` smoke-tests the
-script in about a minute (a tiny DiT, 8 steps).
+script in a minute or so (a tiny DiT, 8 steps).
 
 Each measurement is a fresh Python process (this script with ``--child``), so that imports and compilation start
 cold in it. Per model and backend, two processes run one after the other on an Inductor cache directory
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 BACKENDS = ("inductor", "hero")
 DIT_SIZES: dict[str, dict[str, Any]] = {
     "dit": {},  # DiTConfig's defaults: the benchmark DiT
-    "dit-tiny": {"hidden": 64, "heads": 2, "depth": 4, "frames": 2, "height": 8, "width": 8},
+    "dit-tiny": {"hidden": 32, "heads": 2, "depth": 2, "frames": 2, "height": 8, "width": 8},
 }
 MODELS = ("world", *DIT_SIZES)
 STEPS, QUICK_STEPS = 12, 8  # hero's first cheap step is step 5 (4 measuring steps, then a full one)
@@ -205,8 +205,8 @@ def ratios(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return {"cold_compile": cold, "warm_compile": warm, "warm_goal_met": warm <= WARM_GOAL}
 
 
-def _seconds(costs: dict[str, float]) -> str:
-    return ", ".join(f"{kind} {seconds:.2f}" for kind, seconds in costs.items())
+def _by_variant(values: dict[str, float], form: str) -> str:
+    return ", ".join(f"{kind} {value:{form}}" for kind, value in values.items())
 
 
 def _cache(counts: dict[str, int]) -> str:
@@ -225,21 +225,20 @@ def table(results: dict[str, dict[str, dict[str, dict[str, Any]]]], summary: dic
             cold, warm = phases["cold"], phases["warm"]
             figures = (warm["import_torch_s"], warm["import_hero_compile_s"], cold["first_generation_s"],
                        warm["first_generation_s"], warm["steady_generation_s"], cold["compile_s"], warm["compile_s"])
-            lines.append(f"| {model} | {backend} | " + " | ".join(f"{x:.2f}" for x in figures)
+            lines.append(f"| {model} | {backend} | " + " | ".join(f"{x:.3g}" for x in figures)
                          + f" | {_cache(warm['cache'])} |")
     lines += [
         "",
         f"| model | compile cold hero / inductor | compile warm hero / inductor | warm within {WARM_GOAL}x "
-        "| hero variants cold s | hero variants warm s | hero calls full / cheap |",
+        "| hero variants cold s | hero variants warm s | hero calls in first gen. |",
         "|---|---|---|---|---|---|---|",
     ]
     for model, runs in results.items():
         cold, warm, ratio = runs["hero"]["cold"], runs["hero"]["warm"], summary[model]
         lines.append(
             f"| {model} | {ratio['cold_compile']:.2f} | {ratio['warm_compile']:.2f} "
-            f"| {'yes' if ratio['warm_goal_met'] else 'no'} | {_seconds(cold['variant_compile_s'])} "
-            f"| {_seconds(warm['variant_compile_s'])} "
-            f"| {cold['hero_stats']['full_calls']} / {cold['hero_stats']['cheap_calls']} |"
+            f"| {'yes' if ratio['warm_goal_met'] else 'no'} | {_by_variant(cold['variant_compile_s'], '.3g')} "
+            f"| {_by_variant(warm['variant_compile_s'], '.3g')} | {_by_variant(cold['calls']['first'], 'd')} |"
         )
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,33 +16,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hero-compile", description="HERO acceleration for diffusion transformers")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="accelerate the bundled world model and print speedup and quality")
-    demo.add_argument("--seeds", type=int, default=2, help="held-out mazes rolled out as one batch")
-    demo.add_argument("--chunks", type=int, default=3, help="chunks of future frames per rollout")
-    demo.add_argument("--steps", type=int, default=30, help="denoising steps per chunk")
-    demo.add_argument("--guidance", type=float,
-                      help="classifier-free guidance on the action (default: the world model's own)")
-    demo.add_argument("--repeats", type=int, default=2, help="timed rollouts per method (median)")
-    demo.add_argument("--weights", type=Path, help="folder of the world model's weights (default: the shipped ones)")
-    demo.add_argument("--json", type=Path, help="write the figures to this file")
-    demo.add_argument("--out", type=Path, help="write side-by-side PNG strips to this folder")
+    demo.add_argument("--seeds", type=_count, default=2,
+                      help="held-out mazes rolled out as one batch (default: %(default)s)")
+    demo.add_argument("--chunks", type=_count, default=3,
+                      help="chunks of future frames per rollout (default: %(default)s)")
+    demo.add_argument("--steps", type=_count, default=30, help="denoising steps per chunk (default: %(default)s)")
+    demo.add_argument("--guidance", type=_guidance,
+                      help="classifier-free guidance on the action, a finite number >= 1, where 1 is none "
+                      "(default: the world model's own)")
+    demo.add_argument("--repeats", type=_count, default=2,
+                      help="timed rollouts per method (median; default: %(default)s)")
+    demo.add_argument("--weights", type=_existing_folder,
+                      help="folder of the world model's weights (default: the shipped ones)")
+    demo.add_argument("--json", type=_output_file, help="write the figures to this file (default: not written)")
+    demo.add_argument("--out", type=_output_folder,
+                      help="write side-by-side PNG strips to this folder (default: not written)")
     analyze = commands.add_parser("analyze", help="profile a model and write a report (Markdown, JSON, PNG)")
     analyze.add_argument("target", nargs="?", default="world",
                          help="'world' (the bundled world model) or package.module:factory, a function returning "
-                         "(model, example_inputs) or (model, example_inputs, sampler)")
-    analyze.add_argument("--out", type=Path, default=Path("hero-analysis"), help="folder for the report")
-    analyze.add_argument("--steps", type=int, default=30, help="denoising steps per generation")
-    analyze.add_argument("--repeats", type=int, default=3, help="timed generations per method (median)")
+                         "(model, example_inputs) or (model, example_inputs, sampler) (default: %(default)s)")
+    analyze.add_argument("--out", type=_output_folder, default="hero-analysis",
+                         help="folder for the report (default: %(default)s)")
+    analyze.add_argument("--steps", type=_count, default=30,
+                         help="denoising steps per generation (default: %(default)s)")
+    analyze.add_argument("--repeats", type=_count, default=3,
+                         help="timed generations per method (median; default: %(default)s)")
     analyze.add_argument("--lowering", choices=("inductor", "aot_eager", "eager"), default="inductor",
-                         help="how both plain and hero are compiled for the timing")
+                         help="how both plain and hero are compiled for the timing (default: %(default)s)")
     bench = commands.add_parser("bench", help="hero against full compute and the known caching methods")
-    bench.add_argument("--models", default="world,dit,cogvideox", help="comma-separated: world, dit, cogvideox")
+    bench.add_argument("--models", type=_bench_models, default=",".join(_BENCH_MODELS),
+                       help=f"comma-separated, from {', '.join(_BENCH_MODELS)} (default: %(default)s)")
     bench.add_argument("--quick", action="store_true",
                        help="small models, few steps, fewer settings, aot_eager lowering: a smoke run of minutes")
     bench.add_argument("--lowering", choices=("inductor", "aot_eager", "eager"),
-                       help="how every method is compiled (default inductor; aot_eager with --quick)")
-    bench.add_argument("--repeats", type=int, help="timed generations per method (median; default 3, 1 with --quick)")
-    bench.add_argument("--out", type=Path, default=Path("hero-bench"),
-                       help="folder for benchmarks.md, benchmarks.json and pareto.png")
+                       help="how every method is compiled (default: inductor; aot_eager with --quick)")
+    bench.add_argument("--repeats", type=_count,
+                       help="timed generations per method (median; default: 3, 1 with --quick)")
+    bench.add_argument("--out", type=_output_folder, default="hero-bench",
+                       help="folder for benchmarks.md, benchmarks.json and pareto.png (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -49,9 +61,82 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "analyze":
             return _analyze(args)
         return _bench(args, " ".join(sys.argv[1:] if argv is None else argv))
-    except _MissingTool as missing:
-        print(f"hero-compile {args.command}: {missing}", file=sys.stderr)
+    except _CommandError as error:
+        print(f"hero-compile {args.command}: {error}", file=sys.stderr)
         return 2
+
+
+class _CommandError(Exception):
+    """A failure the user can fix (a missing tool, a bad target, missing weights): one line on stderr, exit 2."""
+
+
+# Types for argparse: a bad value fails at parse time, naming the option, rather than minutes into a run.
+
+def _count(text: str) -> int:
+    """A number of seeds, chunks, steps or repeats."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _guidance(text: str) -> float:
+    """A guidance scale: 1 is no guidance; below 1 would weaken the action the world model is meant to follow."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text!r}")
+    return value
+
+
+_BENCH_MODELS = ("world", "dit", "cogvideox")
+
+
+def _bench_models(text: str) -> list[str]:
+    names = list(dict.fromkeys(name.strip() for name in text.split(",")))  # each model once, in the order given
+    unknown = [name for name in names if name not in _BENCH_MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model {', '.join(map(repr, unknown))}; choose from "
+                                         f"{', '.join(_BENCH_MODELS)}")
+    return names
+
+
+def _existing_folder(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder" if path.exists() else
+                                         f"folder {text!r} does not exist")
+    return path
+
+
+def _output_folder(text: str) -> Path:
+    """A folder to write into, created if missing."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    _check_creatable(path, text)
+    return path
+
+
+def _output_file(text: str) -> Path:
+    """A file to write, its folder created if missing."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    _check_creatable(path, text)
+    return path
+
+
+def _check_creatable(path: Path, text: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder: a file there would fail the write at the end."""
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create {text!r}: {str(existing)!r} is a file, not a folder")
 
 
 # The tools each subcommand needs beyond the core, and how to install them from a clone of the repository.
@@ -63,32 +148,31 @@ _TOOLS = {
 }
 
 
-class _MissingTool(Exception):
-    pass
-
-
 def _require(*modules: str) -> None:
     """Fail with how to install them unless ``modules`` can be imported (checked before any heavy import)."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise _MissingTool("needs " + "; ".join(_TOOLS[m] for m in missing))
+        raise _CommandError("needs " + "; ".join(_TOOLS[m] for m in missing))
 
 
 def _demo(args: argparse.Namespace) -> int:
     _require("hero_world")
     from hero_world.checkpoint import WEIGHTS_DIR, WeightsError
+    from hero_world.data import HELD_OUT_SEEDS
     from hero_world.demo import demo, report, save_json, write_strip
     from hero_world.rollout import GUIDANCE
 
+    if args.seeds > len(HELD_OUT_SEEDS):  # the demo would silently roll out fewer
+        raise _CommandError(f"--seeds {args.seeds} is more than the {len(HELD_OUT_SEEDS)} held-out mazes")
     try:
         result = demo(seeds=args.seeds, chunks=args.chunks, steps=args.steps,
                       guidance=GUIDANCE if args.guidance is None else args.guidance,
                       repeats=args.repeats, weights=args.weights or WEIGHTS_DIR)
     except WeightsError as error:
-        print(f"hero-compile demo: {error}", file=sys.stderr)
-        return 2
+        raise _CommandError(str(error)) from None
     print(report(result))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # as --out creates its folder
         save_json(result, args.json)
     if args.out:
         print(f"strips written to {write_strip(result, args.out)}")
@@ -120,16 +204,43 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _analysis_target(target: str, steps: int) -> tuple[Any, Any, Any]:
     if target == "world":
+        from hero_world.checkpoint import WeightsError
         from hero_world.target import world_model_target
 
-        return world_model_target(steps=steps)
-    module_name, _, factory_name = target.partition(":")
-    if not factory_name:
-        raise SystemExit(f"hero-compile analyze: target {target!r} must be 'world' or package.module:factory")
-    made = getattr(importlib.import_module(module_name), factory_name)()
+        try:
+            return world_model_target(steps=steps)
+        except WeightsError as error:
+            raise _CommandError(str(error)) from None
+    made = _call_factory(target)
     if not isinstance(made, tuple) or len(made) not in (2, 3):
-        raise SystemExit(f"hero-compile analyze: {target}() must return (model, example_inputs[, sampler])")
+        raise _CommandError(f"{target}() must return (model, example_inputs[, sampler])")
     return (*made, None) if len(made) == 2 else made
+
+
+def _call_factory(target: str) -> Any:
+    """Import and call ``package.module:factory``: whatever fails is one line naming the target, not a traceback."""
+    module_name, _, factory_name = target.partition(":")
+    if not module_name or not factory_name:
+        raise _CommandError(f"target {target!r} must be 'world' or package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module: a missing dependency, a syntax error, an error at import
+        reason = str(error) if isinstance(error, ImportError) else _describe(error)
+        raise _CommandError(f"cannot import module {module_name!r} for target {target!r} ({reason})") from None
+    try:
+        factory = getattr(module, factory_name)
+    except AttributeError:
+        raise _CommandError(f"module {module_name!r} has no factory {factory_name!r}") from None
+    if not callable(factory):
+        raise _CommandError(f"{target} is a {type(factory).__name__}, not a callable factory")
+    try:
+        return factory()
+    except Exception as error:
+        raise _CommandError(f"{target}() raised {_describe(error)}") from None
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _bench(args: argparse.Namespace, command_line: str) -> int:
@@ -139,7 +250,7 @@ def _bench(args: argparse.Namespace, command_line: str) -> int:
 
     lowering: Lowering = args.lowering or ("aot_eager" if args.quick else "inductor")
     repeats = args.repeats or (1 if args.quick else 3)
-    run_suite(args.models.split(","), args.out, quick=args.quick, lowering=lowering, repeats=repeats,
+    run_suite(args.models, args.out, quick=args.quick, lowering=lowering, repeats=repeats,
               command=f"hero-compile {command_line}")
     print((args.out / "benchmarks.md").read_text())
     print(f"written to {args.out} (benchmarks.md, benchmarks.json, pareto.png)")

@@ -55,6 +55,10 @@ class HeroConfig:
             minus its input, added to the shallow blocks' current output, which token refresh recomputes in
             part). ``"output"`` measured faster and closer to full compute on the benchmark DiT and on the
             world model (docs/results.md); ``"residual"`` is HERO's hierarchy of refresh and extrapolation.
+        timestep_input: the name of the forward argument that holds the timestep (``"timestep"``), or ``None``
+            to find it in the graph: the argument tensor with at most one dimension that feeds a sinusoidal
+            embedding (``sin``/``cos``/``exp``), else one named like a timestep. A graph with none is compiled
+            without acceleration, and ``stats()`` says so.
         lowering: how the graph variants are compiled: ``"inductor"`` (fast), ``"aot_eager"`` (quick to
             compile, for tests), or ``"eager"`` (plain FX, for debugging).
         enabled: ``False`` compiles the graph exactly as plain ``backend="inductor"`` would.
@@ -72,6 +76,7 @@ class HeroConfig:
     profile_steps: int = 4
     extrapolation_order: int = 1
     cache_target: CacheTarget = "output"
+    timestep_input: str | None = None
     lowering: Lowering = "inductor"
     enabled: bool = True
 
@@ -96,6 +101,9 @@ class HeroConfig:
         _check(_is_int(self.extrapolation_order) and self.extrapolation_order in (0, 1, 2),
                "extrapolation_order", self.extrapolation_order, "0, 1 or 2")
         _check(self.cache_target in _CACHE_TARGETS, "cache_target", self.cache_target, f"one of {_CACHE_TARGETS}")
+        _check(self.timestep_input is None
+               or (isinstance(self.timestep_input, str) and self.timestep_input.isidentifier()),
+               "timestep_input", self.timestep_input, "None or the name of a forward argument")
         _check(self.lowering in _LOWERINGS, "lowering", self.lowering, f"one of {_LOWERINGS}")
         _check(isinstance(self.enabled, bool), "enabled", self.enabled, "a bool")
 

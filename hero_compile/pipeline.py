@@ -83,7 +83,7 @@ class VariantBuilder:
     def runtime(self) -> HeroRuntime:
         """Discover and plan; with a known split, the runtime starts with its variants, otherwise it first
         measures the variability profile with the ``measuring`` variant."""
-        roles = find_input_roles(self.gm)
+        roles = find_input_roles(self.gm, self.config.timestep_input)
         self.stats.timestep_input = placeholders(self.gm)[roles.timestep_index].name
         self.stack = stack = discover_blocks(self.gm)
         self.stats.blocks, self.stats.tail_blocks = stack.paths, list(stack.tail_paths)

@@ -6,6 +6,8 @@ The variants and their calling conventions are described in ``hero_compile.varia
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,52 +41,77 @@ class SplitMeasurement:
     """The variants of the split the measured profile chooses."""
 
 
+Timestep = tuple[float, ...]
+"""The values of a call's timestep input: one per sample (or per frame, for diffusion forcing)."""
+
+
+@dataclass
+class CachedStep:
+    """The deep-stream features of one full step."""
+
+    time: float
+    features: list[torch.Tensor]
+    finite: torch.Tensor
+    """On the device: whether every feature is finite (read only when a cheap step would use them)."""
+
+
 @dataclass
 class CallSlot:
     """What one call slot (e.g. the conditional or unconditional CFG call) keeps from step to step, valid for
     calls whose activation inputs have ``input_shapes``."""
 
     input_shapes: tuple[Any, ...]
-    history: deque[tuple[float, list[torch.Tensor]]]
-    """Deep-stream features of the last full steps with their timesteps, most recent first."""
+    history: deque[CachedStep]
+    """The last full steps, most recent first."""
+    selector: TokenSelector | None = None
+    """This slot's refresh subsets and token staleness; ``None`` when no block is refreshed."""
     refresh_caches: list[torch.Tensor] = field(default_factory=list)
     """Latest full-token values the refreshed shallow blocks cache (outputs, and keys and values if cached)."""
+    refresh_caches_finite: torch.Tensor | None = None
     previous_block_outputs: list[torch.Tensor] | None = None
     """While the split is measured: every block's outputs at this slot's previous step."""
+
+    def drop_non_finite(self) -> None:
+        """Forget cached features that hold a NaN or an infinity (one small device-to-host read), so that a
+        non-finite step does not poison the cheap steps after it."""
+        flags = [entry.finite for entry in self.history]
+        if self.refresh_caches_finite is not None:
+            flags.append(self.refresh_caches_finite)
+        if not flags:
+            return
+        finite = torch.stack(flags).tolist()
+        if not all(finite[: len(self.history)]):
+            self.history = deque((e for e, ok in zip(self.history, finite) if ok), maxlen=self.history.maxlen)
+        if self.refresh_caches_finite is not None and not finite[-1]:
+            self.refresh_caches, self.refresh_caches_finite = [], None
 
 
 @dataclass
 class GenerationState:
-    """Where the current generation is: step, call slot within the step, each slot's cache, token staleness."""
+    """Where a generation is: step, call slot within the step, and what each slot keeps."""
 
-    selector: TokenSelector | None
-    timestep: float | None = None
+    timestep: Timestep | None = None
     step: int = -1
     slot: int = 0
-    timesteps: list[float] = field(default_factory=list)
-    previous_timesteps: list[float] = field(default_factory=list)
+    timesteps: list[Timestep] = field(default_factory=list)
+    previous_timesteps: list[Timestep] = field(default_factory=list)
     slots: dict[int, CallSlot] = field(default_factory=dict)
-    refresh_indices: dict[int, torch.Tensor] = field(default_factory=dict)
-    """The refresh subset of each step, chosen once and shared by the step's calls and blocks."""
 
-    def advance(self, timestep: float) -> bool:
-        """Place a call with ``timestep``; returns True when it starts a new generation."""
-        if self.timestep is None or timestep > self.timestep:
+    def advance(self, timestep: Timestep) -> bool:
+        """Place a call with ``timestep``; returns True when it starts a new generation: the first call, or a
+        timestep that rises (its largest value, or any value of a timestep of the same length)."""
+        if self.timestep is None or _rises(timestep, self.timestep):
             if self.timesteps:
                 self.previous_timesteps = self.timesteps
             self.timesteps, self.step, self.slot = [timestep], 0, 0
             self.slots.clear()
-            self.refresh_indices.clear()
             self.timestep = timestep
-            if self.selector is not None:
-                self.selector.mark_all_fresh()
             return True
         if timestep == self.timestep:
             self.slot += 1
         else:
             self.step, self.slot = self.step + 1, 0
             self.timesteps.append(timestep)
-            self.refresh_indices.clear()
         self.timestep = timestep
         return False
 
@@ -95,20 +122,21 @@ class GenerationState:
             return len(previous)
         return None
 
-    def slot_for(self, input_shapes: tuple[Any, ...], history_length: int) -> CallSlot:
+    def slot_for(self, input_shapes: tuple[Any, ...], history_length: int, selector: TokenSelector | None
+                 ) -> CallSlot:
         """The state of this call's slot, emptied if the inputs' shapes changed since it was filled."""
         slot = self.slots.get(self.slot)
         if slot is None or slot.input_shapes != input_shapes:
-            slot = CallSlot(input_shapes, deque(maxlen=history_length))
+            slot = CallSlot(input_shapes, deque(maxlen=history_length),
+                            selector.fresh_copy() if selector is not None else None)
             self.slots[self.slot] = slot
         return slot
 
-    def indices_for_step(self, device: torch.device) -> torch.Tensor:
-        assert self.selector is not None
-        if self.step not in self.refresh_indices:
-            chosen = torch.from_numpy(self.selector.select())
-            self.refresh_indices[self.step] = chosen.to(device, non_blocking=True)
-        return self.refresh_indices[self.step]
+
+def _rises(timestep: Timestep, previous: Timestep) -> bool:
+    if max(timestep) > max(previous):
+        return True
+    return len(timestep) == len(previous) and any(t > p for t, p in zip(timestep, previous))
 
 
 class HeroRuntime:
@@ -116,6 +144,9 @@ class HeroRuntime:
 
     Built either with the variants of a known split, or with a :class:`SplitMeasurement` that measures the
     variability profile over the first ``profile_steps`` steps, then fixes the split and builds the variants.
+
+    Generation state belongs to the weights a call runs with: Dynamo lifts parameters to graph inputs, so two
+    instances of one model class (two experts) run this same graph, each with a state of its own.
     """
 
     def __init__(
@@ -135,146 +166,184 @@ class HeroRuntime:
         self.measurement = measurement
         self.profile = profile
         """The variability profile the split was chosen by (measured or loaded); ``None`` with a set split."""
-        self.state = self._new_state()
-
-    def _new_state(self) -> GenerationState:
-        selector = self.variants.selector if self.variants else None
-        if selector is not None:
-            selector.mark_all_fresh()
-        return GenerationState(selector=selector)
+        self._states: dict[tuple[int, ...], GenerationState] = {}
+        self._states_lock = threading.Lock()
 
     def reset(self) -> None:
-        """Forget the current generation, its caches and the schedule learned from earlier ones."""
-        self.state = self._new_state()
+        """Forget every generation, its caches and the schedule learned from earlier ones."""
+        with self._states_lock:
+            self._states.clear()
 
     def cache_bytes(self) -> int:
-        """Memory the current generation's caches hold (extrapolation history and refresh caches)."""
+        """Memory the current generations' caches hold (extrapolation history and refresh caches)."""
         return sum(
             tensor.nbytes
-            for slot in self.state.slots.values()
-            for tensor in [*(f for _, features in slot.history for f in features), *slot.refresh_caches]
+            for state in list(self._states.values())
+            for slot in state.slots.values()
+            for tensor in [*(f for entry in slot.history for f in entry.features), *slot.refresh_caches]
         )
 
     def profile_so_far(self) -> VariabilityProfile | None:
         """The profile the split was chosen by or, while it is being measured, the steps measured so far."""
-        if self.measurement is not None and self.measurement.recorder.measured:
-            return self.measurement.recorder.profile()
+        measurement = self.measurement
+        if measurement is not None and measurement.recorder.measured:
+            return measurement.recorder.profile()
         return self.profile
 
+    def _state_for(self, inputs: Sequence[Any]) -> GenerationState:
+        key = tuple(id(inputs[i]) for i in self.roles.weight_indices)
+        with self._states_lock:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = GenerationState()
+                if self.roles.weight_indices:
+                    # The state lives as long as the weights it belongs to (an id may be reused after).
+                    weakref.finalize(inputs[self.roles.weight_indices[0]], self._states.pop, key, None)
+        return state
+
     def __call__(self, *inputs: Any) -> Any:
-        timestep = float(inputs[self.roles.timestep_index].reshape(-1)[0])
-        new_generation = self.state.advance(timestep)
+        timestep_input = inputs[self.roles.timestep_index]
+        if timestep_input.numel() == 0:  # an empty batch: no step to place, nothing to cache
+            return self._run_statelessly(inputs)
+        timestep: Timestep = tuple(timestep_input.detach().reshape(-1).tolist())
+        state = self._state_for(inputs)
+        new_generation = state.advance(timestep)
         if new_generation:
             self.stats.count_generation()
-        if self.measurement is not None:
-            if not self._measurement_done(new_generation):
-                return self._run_measuring(inputs)
-            self._fix_split(self.measurement)
-        variants = self.variants
-        assert variants is not None
-        slot = self._slot(inputs, variants)
-        if slot is not None and self._cheap_allowed(slot, variants):
-            outputs = self._run_cheap(inputs, timestep, slot, variants)
+        variants = self._variants(state, new_generation)
+        if variants is None:
+            return self._run_measuring(state, inputs)
+        time = sum(timestep) / len(timestep)
+        slot = self._slot(state, inputs, variants)
+        if slot is not None and self._cheap_allowed(state, slot, variants):
+            outputs = self._run_cheap(inputs, time, slot, variants)
             if outputs is not None:
                 self.stats.count_call(cheap=True)
                 return outputs
-        return self._run_full(inputs, timestep, slot, variants)
+        return self._run_full(inputs, time, slot, variants)
 
-    def _measurement_done(self, new_generation: bool) -> bool:
-        assert self.measurement is not None
-        measured = self.measurement.recorder.measured
-        return measured and (new_generation or self.state.step >= self.config.profile_steps)
+    def _variants(self, state: GenerationState, new_generation: bool) -> Variants | None:
+        """The variants, once the split is known; ``None`` while this call is still measured."""
+        measurement = self.measurement
+        if measurement is None:
+            return self.variants
+        if not measurement.recorder.measured or not (new_generation or state.step >= self.config.profile_steps):
+            return None
+        # Dynamo's compile lock: another thread may be compiling, or fixing the split too.
+        with torch._dynamo.convert_frame.compile_lock:
+            if self.measurement is not None:
+                self.profile = measurement.recorder.profile()
+                self.variants = measurement.build(self.profile)
+                self.measurement = None
+                for other in list(self._states.values()):
+                    other.slots.clear()
+        return self.variants
 
-    def _run_measuring(self, inputs: Sequence[Any]) -> Any:
+    def _run_statelessly(self, inputs: Sequence[Any]) -> Any:
+        self.stats.count_call(cheap=False)
+        if self.variants is not None:
+            return self.variants.full(*inputs)[: self.variants.spec.num_outputs]
         assert self.measurement is not None
+        previous = self.measurement.zero_previous(inputs)
+        return self.measurement.variant(*inputs, *previous)[: -len(previous) - 1]
+
+    def _run_measuring(self, state: GenerationState, inputs: Sequence[Any]) -> Any:
+        measurement = self.measurement
+        assert measurement is not None
         # As for caches: calls beyond MAX_CALLS_PER_STEP keep nothing.
         slot = None
-        if self.state.slot < MAX_CALLS_PER_STEP:
-            slot = self.state.slot_for(self._input_shapes(inputs), history_length=0)
+        if state.slot < MAX_CALLS_PER_STEP:
+            slot = state.slot_for(self._input_shapes(inputs), history_length=0, selector=None)
         previous = slot.previous_block_outputs if slot is not None else None
-        measuring_inputs = [*inputs, *(previous if previous is not None else self.measurement.zero_previous(inputs))]
-        results = self.measurement.variant(*measuring_inputs)
+        measured = previous if previous is not None else measurement.zero_previous(inputs)
+        results = measurement.variant(*inputs, *measured)
         self.stats.count_call(cheap=False)
-        n = len(results) - (len(measuring_inputs) - len(inputs)) - 1
+        n = len(results) - len(measured) - 1
         if slot is not None:
             slot.previous_block_outputs = [o.detach() for o in results[n:-1]]
             if previous is not None:
-                self.measurement.recorder.record(self.state.step, results[-1])
+                measurement.recorder.record(state.step, results[-1])
         return results[:n]
 
-    def _fix_split(self, measurement: SplitMeasurement) -> None:
-        self.profile = measurement.recorder.profile()
-        self.variants = measurement.build(self.profile)
-        self.measurement = None
-        self.state.slots.clear()
-        self.state.selector = self.variants.selector
-
-    def _run_full(self, inputs: Sequence[Any], timestep: float, slot: CallSlot | None, variants: Variants) -> Any:
+    def _run_full(self, inputs: Sequence[Any], time: float, slot: CallSlot | None, variants: Variants) -> Any:
         self.stats.count_call(cheap=False)
         results = variants.full(*inputs)
         n, streams = variants.spec.num_outputs, variants.spec.num_streams
         if slot is not None:
             if streams:
-                slot.history.appendleft((timestep, [_cacheable(f) for f in results[n : n + streams]]))
-            slot.refresh_caches = [_cacheable(b) for b in results[n + streams :]]
-        if self.state.selector is not None:
-            self.state.selector.mark_all_fresh()
+                features = [_cacheable(f) for f in results[n : n + streams]]
+                slot.history.appendleft(CachedStep(time, features, _all_finite(features)))
+            self._keep_refresh_caches(slot, results[n + streams :])
+            if slot.selector is not None:
+                slot.selector.mark_all_fresh()
         return results[:n]
 
-    def _cheap_allowed(self, slot: CallSlot, variants: Variants) -> bool:
+    def _keep_refresh_caches(self, slot: CallSlot, caches: Sequence[torch.Tensor]) -> None:
+        slot.refresh_caches = [_cacheable(c) for c in caches]
+        slot.refresh_caches_finite = _all_finite(slot.refresh_caches) if slot.refresh_caches else None
+
+    def _cheap_allowed(self, state: GenerationState, slot: CallSlot, variants: Variants) -> bool:
         # Under autograd the caches would hold graph history; HERO is for sampling, so grad mode runs full.
         if variants.cheap is None or torch.is_grad_enabled():
             return False
-        spec = variants.spec
-        if (spec.num_streams and not slot.history) or (spec.num_refresh_caches and not slot.refresh_caches):
+        if is_full_step(state.step, self.config, state.total_steps()):
             return False
-        return not is_full_step(self.state.step, self.config, self.state.total_steps())
+        slot.drop_non_finite()
+        spec = variants.spec
+        return not ((spec.num_streams and not slot.history) or (spec.num_refresh_caches and not slot.refresh_caches))
 
     def _input_shapes(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(_describe(inputs[i]) for i in self.roles.activation_indices)
 
-    def _slot(self, inputs: Sequence[Any], variants: Variants) -> CallSlot | None:
+    def _slot(self, state: GenerationState, inputs: Sequence[Any], variants: Variants) -> CallSlot | None:
         """The state of this call's slot, or ``None`` when nothing is cached for it."""
-        if variants.cheap is None or self.state.slot >= MAX_CALLS_PER_STEP:
+        if variants.cheap is None or state.slot >= MAX_CALLS_PER_STEP:
             return None
-        return self.state.slot_for(self._input_shapes(inputs), variants.spec.history_length)
+        return state.slot_for(self._input_shapes(inputs), variants.spec.history_length, variants.selector)
 
-    def _run_cheap(self, inputs: Sequence[Any], timestep: float, slot: CallSlot, variants: Variants) -> Any:
+    def _run_cheap(self, inputs: Sequence[Any], time: float, slot: CallSlot, variants: Variants) -> Any:
         spec = variants.spec
         cheap_inputs = [*inputs]
         if spec.num_streams:
-            cheap_inputs += self._extrapolation_inputs(timestep, slot, spec.num_streams, spec.history_length)
+            cheap_inputs += self._extrapolation_inputs(time, slot, spec.num_streams, spec.history_length)
         if spec.num_refresh_caches:
-            device = slot.refresh_caches[0].device
-            cheap_inputs += [self.state.indices_for_step(device), *slot.refresh_caches]
+            assert slot.selector is not None
+            indices = torch.from_numpy(slot.selector.select()).to(slot.refresh_caches[0].device, non_blocking=True)
+            cheap_inputs += [indices, *slot.refresh_caches]
         cheap = self._cheap_for(cheap_inputs, slot.input_shapes, variants)
         if cheap is None:
             return None
         results = cheap(*cheap_inputs)
         n = spec.num_outputs
-        slot.refresh_caches = [_cacheable(c) for c in results[n:]]
+        self._keep_refresh_caches(slot, results[n:])
         return results[:n]
 
-    def _extrapolation_inputs(self, timestep: float, slot: CallSlot, num_streams: int, history_length: int
+    def _extrapolation_inputs(self, time: float, slot: CallSlot, num_streams: int, history_length: int
                               ) -> list[torch.Tensor]:
-        times = [t for t, _ in slot.history]
-        weights = extrapolation_coefficients(timestep, times, self.config.extrapolation_order, history_length)
-        device = slot.history[0][1][0].device
+        times = [entry.time for entry in slot.history]
+        weights = extrapolation_coefficients(time, times, self.config.extrapolation_order, history_length)
+        device = slot.history[0].features[0].device
         coefficients = torch.tensor(weights, dtype=torch.float32).to(device, non_blocking=True)
         # Short histories are padded with the oldest entry; its weight is zero.
-        padded = [slot.history[min(i, len(slot.history) - 1)][1] for i in range(history_length)]
+        padded = [slot.history[min(i, len(slot.history) - 1)].features for i in range(history_length)]
         return [coefficients, *(features[s] for s in range(num_streams) for features in padded)]
 
     def _cheap_for(self, cheap_inputs: list[Any], input_shapes: Any, variants: Variants) -> CompiledFn | None:
         """The cheap variant for these sizes; if it fails to compile, every later step runs in full."""
-        assert variants.cheap is not None
+        cheap = variants.cheap
+        if cheap is None:
+            return None
         try:
             sizes = (input_shapes, tuple(x for x in cheap_inputs if isinstance(x, int)))
-            return variants.cheap.for_inputs(cheap_inputs, sizes)
+            return cheap.for_inputs(cheap_inputs, sizes)
         except Exception as error:
             self.stats.record_fallback(f"cheap variant failed to compile, every step runs in full: {error}")
             variants.cheap = None
             return None
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
 def _cacheable(value: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,14 @@ class TokenSelector:
         # Tokens sorted by patch; a step takes the first ``quota`` of each patch after sorting by staleness.
         self._patch_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
 
+    def fresh_copy(self) -> TokenSelector:
+        """A selector of the same grid whose tokens are all fresh (each call slot tracks its own staleness)."""
+        copy = object.__new__(TokenSelector)
+        copy.patch_of_token, copy.quota, copy.size = self.patch_of_token, self.quota, self.size
+        copy._patch_start = self._patch_start
+        copy.staleness = np.zeros_like(self.staleness)
+        return copy
+
     def mark_all_fresh(self) -> None:
         """A full step refreshed every token."""
         self.staleness[:] = 0

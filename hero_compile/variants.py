@@ -31,6 +31,8 @@ class InputRoles:
     timestep_index: int
     activation_indices: tuple[int, ...]
     """Inputs that are not parameters: their shapes decide whether cached features still fit."""
+    weight_indices: tuple[int, ...]
+    """Parameters and buffers: calls with other weights (another instance, another expert) get their own state."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,13 @@ class LazyVariant:
         self.by_sizes: dict[Any, CompiledFn] = {}
 
     def for_inputs(self, inputs: Sequence[Any], sizes: Any) -> CompiledFn:
-        if sizes not in self.by_sizes:
-            with torch._guards.tracing(None):
-                self.by_sizes[sizes] = self.compile(self.graph, list(inputs))
-        return self.by_sizes[sizes]
+        compiled = self.by_sizes.get(sizes)
+        if compiled is None:
+            # Dynamo's compile lock: compiling while another thread's Dynamo traces corrupts both.
+            with torch._dynamo.convert_frame.compile_lock, torch._guards.tracing(None):
+                compiled = self.by_sizes.get(sizes) or self.compile(self.graph, list(inputs))
+                self.by_sizes[sizes] = compiled
+        return compiled
 
 
 @dataclass

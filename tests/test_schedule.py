@@ -131,8 +131,8 @@ def test_interval_1_disables_acceleration() -> None:
 
 
 def test_generation_state_tracks_steps_slots_and_generations() -> None:
-    state = GenerationState(selector=None)
-    schedule = [1000.0, 750.0, 500.0, 250.0]
+    state = GenerationState()
+    schedule = [(1000.0,), (750.0,), (500.0,), (250.0,)]
     placed = []
     for t in schedule:
         for _ in range(2):  # CFG: two calls per step
@@ -142,8 +142,19 @@ def test_generation_state_tracks_steps_slots_and_generations() -> None:
         (False, 2, 0), (False, 2, 1), (False, 3, 0), (False, 3, 1),
     ]  # fmt: skip
     assert state.total_steps() is None, "the first generation's length is unknown"
-    assert state.advance(1000.0) is True, "the timestep going up starts a new generation"
+    assert state.advance((1000.0,)) is True, "the timestep going up starts a new generation"
     assert (state.step, state.slot, state.slots) == (0, 0, {})
     assert state.total_steps() == 4
-    state.advance(600.0)
+    state.advance((600.0,))
     assert state.total_steps() is None, "a different schedule has an unknown length"
+
+
+def test_a_timestep_of_several_values_is_placed_as_a_whole() -> None:
+    """Per-frame noise levels (diffusion forcing): a step is identified by every value, not the first."""
+    state = GenerationState()
+    assert state.advance((1000.0, 500.0)) is True
+    assert state.advance((1000.0, 400.0)) is False and (state.step, state.slot) == (1, 0), "one frame moved on"
+    assert state.advance((1000.0, 400.0)) is False and (state.step, state.slot) == (1, 1), "the CFG call"
+    assert state.advance((900.0, 300.0)) is False and state.step == 2
+    assert state.advance((900.0, 350.0)) is True, "a value rising starts a new generation"
+    assert state.advance((1000.0,)) is True, "a larger largest value starts a new generation"

@@ -33,6 +33,11 @@ def new_graph_module(original: fx.GraphModule, graph: fx.Graph) -> fx.GraphModul
     graph.lint()
     module = fx.GraphModule(original, graph)
     module.meta.update(original.meta)
+    # AOTAutograd reads the Dynamo source of every input of a graph Dynamo captured (dynamic shapes): the
+    # copied inputs keep theirs, the inputs a pass added have none.
+    sources = {node.name: getattr(node, "_dynamo_source", None) for node in original.graph.find_nodes(op="placeholder")}
+    for node in graph.find_nodes(op="placeholder"):
+        node._dynamo_source = sources.get(node.name)
     return module
 
 

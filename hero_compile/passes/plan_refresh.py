@@ -73,4 +73,6 @@ def _token_grid(first: BlockRefresh, stack: BlockStack, nodes: dict[str, fx.Node
 
 
 def _sequence_length(value: torch.Tensor) -> int:
-    return int(value.shape[1] if value.dim() >= 3 else value.shape[0])
+    size = value.shape[1] if value.dim() >= 3 else value.shape[0]
+    # A symbolic length is compared by its example value: int() would specialize the whole graph to it.
+    return size if isinstance(size, int) else int(size.node.hint or 0)

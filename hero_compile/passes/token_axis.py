@@ -133,7 +133,12 @@ def analyze_token_axis(gm: fx.GraphModule, block: Block, stream_input: str) -> T
     nodes = nodes_by_name(gm.graph)
     start = _tensor(nodes[stream_input])
     dim = 1 if start.dim() >= 3 else 0
-    count = int(start.shape[dim])
+    count = start.shape[dim]
+    if not isinstance(count, int):
+        # Dynamo made the sequence length symbolic (the model ran at several lengths): the refresh subset's
+        # size and the views around it are static, so the block runs in full on cheap steps.
+        raise RewriteUnsupported(f"the token count of '{stream_input}' is dynamic ({count}): token refresh needs "
+                                 "a static sequence length")
     result = TokenAxisMap(token_count=count)
     result.token_inputs[stream_input] = TokenAxis(dim, (Segment(True, count),))
     inside = set(block.nodes)
