@@ -77,7 +77,7 @@ def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
+        value = 0  # not a whole number: rejected below, with the same message
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
@@ -88,7 +88,7 @@ def _guidance(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = math.nan
+        value = math.nan  # not a number: rejected below, with the same message
     if not math.isfinite(value) or value < 1:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text!r}")
     return value
@@ -133,7 +133,7 @@ def _output_file(text: str) -> Path:
 
 
 def _check_creatable(path: Path, text: str) -> None:
-    """The nearest existing folder above ``path`` must be a folder: a file there would fail the write at the end."""
+    """What exists nearest above ``path`` must be a folder, or creating ``path`` would fail only after the run."""
     existing = next(parent for parent in path.parents if parent.exists())
     if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"cannot create {text!r}: {str(existing)!r} is a file, not a folder")
@@ -232,7 +232,7 @@ def _call_factory(target: str) -> Any:
     except AttributeError:
         raise _CommandError(f"module {module_name!r} has no factory {factory_name!r}") from None
     if not callable(factory):
-        raise _CommandError(f"{target} is a {type(factory).__name__}, not a callable factory")
+        raise _CommandError(f"{target} is not callable (type {type(factory).__name__})")
     try:
         return factory()
     except Exception as error:

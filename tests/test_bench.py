@@ -13,6 +13,7 @@ from hero_bench.harness import run_benchmark
 from hero_bench.host_caches import WorldCache, WorldCacheSettings, duca, first_block_cache, toca, worldcache
 from hero_bench.methods import BuildOptions, Method, fora, full_compute, hero_settings, taylorseer
 from hero_bench.models import BenchModel, latent_metrics
+from hero_bench.suite import run_suite
 from hero_bench.tables import matched_quality, pareto_front
 from hero_world.model import WorldModel, WorldModelConfig
 from hero_world.rollout import rollout
@@ -236,6 +237,7 @@ def test_quick_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
 
 
 def test_unknown_bench_model_is_an_error_naming_the_choices(tmp_path: Path) -> None:
+    """The library call checks the names too (the command line rejects them earlier: tests/test_cli.py)."""
     with pytest.raises(ValueError, match=r"unknown benchmark model.*'dit', 'world'"):
-        main(["bench", "--models", "sdxl", "--out", str(tmp_path)])
+        run_suite(["sdxl"], tmp_path)
 
