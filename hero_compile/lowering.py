@@ -22,16 +22,19 @@ def lower(
 ) -> CompiledFn:
     """Compile ``gm`` for ``example_inputs``: Inductor with ``inductor_options``, AOT-eager, or plain FX.
 
-    A variant compiled later for real inputs (outside Dynamo's tracing) that packs values with ``nonzero()`` is
-    traced with fake copies of them and a shape environment of its own, in which such sizes can be symbols.
+    A variant compiled later for real inputs (outside Dynamo's tracing) is traced with fake copies of them and a
+    shape environment of its own: Inductor's caches need one (without, a warm process compiles it again), and
+    sizes that ``nonzero()`` packs values to are symbols in it.
     """
-    if detect_fake_mode(example_inputs) is None and _has_data_dependent_sizes(gm):
-        fake_mode = FakeTensorMode(shape_env=ShapeEnv())
-        fakes = [fake_mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
-                 for x in example_inputs]
-        with tracing(TracingContext(fake_mode)):
-            return _lower(_without_unbacked_bindings(gm), fakes, lowering, inductor_options)
-    return _lower(gm, example_inputs, lowering, inductor_options)
+    if detect_fake_mode(example_inputs) is not None:
+        return _lower(gm, example_inputs, lowering, inductor_options)
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+    fakes = [fake_mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
+             for x in example_inputs]
+    if _has_data_dependent_sizes(gm):
+        gm = _without_unbacked_bindings(gm)
+    with tracing(TracingContext(fake_mode)):
+        return _lower(gm, fakes, lowering, inductor_options)
 
 
 def _lower(

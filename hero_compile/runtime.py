@@ -20,7 +20,7 @@ from hero_compile.schedule import extrapolation_coefficients, is_full_step
 from hero_compile.stats import GraphStats
 from hero_compile.token_selection import TokenSelector
 from hero_compile.variability import VariabilityProfile, VariabilityRecorder
-from hero_compile.variants import CompiledFn, InputRoles, Variants
+from hero_compile.variants import CompiledFn, InputRoles, Variants, compile_session
 
 log = logging.getLogger("hero_compile")
 
@@ -229,8 +229,7 @@ class HeroRuntime:
             return self.variants
         if not measurement.recorder.measured or not (new_generation or state.step >= self.config.profile_steps):
             return None
-        # Dynamo's compile lock: another thread may be compiling, or fixing the split too.
-        with torch._dynamo.convert_frame.compile_lock:
+        with compile_session():  # another thread may be compiling, or fixing the split too
             if self.measurement is not None:
                 self.profile = measurement.recorder.profile()
                 self.variants = measurement.build(self.profile)

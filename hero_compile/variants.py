@@ -12,7 +12,8 @@ Calling conventions (the graphs are built in ``hero_compile.passes``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,15 @@ class VariantSpec:
     num_refresh_caches: int
 
 
+@contextlib.contextmanager
+def compile_session() -> Iterator[None]:
+    """What Dynamo holds while it compiles, held while hero compiles a variant during a call: its lock (two
+    compiles at once corrupt each other) and its compiling flag (another thread calling compiled code while a
+    variant is traced would otherwise take it for FX tracing the compiled function, and fail)."""
+    with torch._dynamo.convert_frame.compile_lock, torch.compiler._compile_session_context():
+        yield
+
+
 class LazyVariant:
     """A graph variant compiled on first use, for the real inputs it is first called with, outside Dynamo's
     tracing context (it is compiled while Dynamo's compiled code runs, not while Dynamo traces).
@@ -62,8 +72,7 @@ class LazyVariant:
     def for_inputs(self, inputs: Sequence[Any], sizes: Any) -> CompiledFn:
         compiled = self.by_sizes.get(sizes)
         if compiled is None:
-            # Dynamo's compile lock: compiling while another thread's Dynamo traces corrupts both.
-            with torch._dynamo.convert_frame.compile_lock, torch._guards.tracing(None):
+            with compile_session(), torch._guards.tracing(None):
                 compiled = self.by_sizes.get(sizes) or self.compile(self.graph, list(inputs))
                 self.by_sizes[sizes] = compiled
         return compiled

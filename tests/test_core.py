@@ -45,8 +45,8 @@ class Model(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(Block() for _ in range(4))
         self.time = nn.Linear(1, 16)
-    def forward(self, x, t):
-        x = x + self.time(t[:, None] / 1000)[:, None]
+    def forward(self, x, timestep):
+        x = x + self.time(timestep[:, None] / 1000)[:, None]
         for block in self.blocks:
             x = block(x)
         return x

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from models import StackModel, euler
 from torch import nn
@@ -66,15 +66,28 @@ def test_two_models_called_alternately_each_equal_running_alone() -> None:
     a, b = compiled_with(backend, first, second)
     noise = torch.randn(1, 16, 4)
     times = torch.linspace(1.0, 0.0, 13)
+    # The second model's schedule runs slightly behind: one graph would take its calls for the next steps of
+    # the first model's generation.
+    lag = {"a": 1.0, "b": 0.99}
     x = {"a": noise, "b": noise}
     with torch.no_grad():
         for i in range(12):
-            t = torch.full((1,), float(times[i]) * 1000.0)
             for name, model in (("a", a), ("b", b)):
+                t = torch.full((1,), float(times[i]) * 1000.0 * lag[name])
                 x[name] = x[name] + float(times[i + 1] - times[i]) * model(x[name], t)
     assert backend.stats().graphs[0].cheap_calls > 0
-    assert torch.equal(x["a"], euler(*compiled_with(HeroBackend(AOT), first), noise, 12))
-    assert torch.equal(x["b"], euler(*compiled_with(HeroBackend(AOT), second), noise, 12))
+
+    def alone(model: nn.Module, name: str) -> torch.Tensor:
+        (compiled,) = compiled_with(HeroBackend(AOT), model)
+        y = noise
+        with torch.no_grad():
+            for i in range(12):
+                t = torch.full((1,), float(times[i]) * 1000.0 * lag[name])
+                y = y + float(times[i + 1] - times[i]) * compiled(y, t)
+        return y
+
+    assert torch.equal(x["a"], alone(first, "a"))
+    assert torch.equal(x["b"], alone(second, "b"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -84,7 +97,8 @@ def test_two_models_called_alternately_each_equal_running_alone() -> None:
 
 @pytest.mark.parametrize("cache_target", ["residual", "output"])
 @settings(max_examples=4)
-@given(sizes=st.lists(st.tuples(st.sampled_from([1, 2]), st.sampled_from([8, 16, 24, 32])), min_size=3, max_size=4))
+@given(sizes=st.lists(st.tuples(st.sampled_from([1, 2]), st.sampled_from([8, 16, 32, 48])), min_size=3, max_size=4))
+@example(sizes=[(1, 16), (1, 32), (1, 48), (1, 32)])  # a third length: Dynamo's graph turns dynamic
 def test_generations_of_changing_sizes_never_crash_and_stay_close(
     cache_target: str, sizes: list[tuple[int, int]]
 ) -> None:
@@ -116,31 +130,38 @@ def test_two_threads_each_with_its_own_model_equal_sequential_runs() -> None:
         return euler(compiled, noise, 12)
 
     sequential = [first_a_short_generation_then(*compiled_with(HeroBackend(AOT), m)) for m in models]
-    torch._dynamo.reset()
-    backend = HeroBackend(AOT)
-    compiled = compiled_with(backend, *models)
-    for model in compiled:
-        euler(model, noise, 2)
+    for _ in range(3):  # the race is with the lazy compile of the cheap variant: once per fresh Dynamo
+        torch._dynamo.reset()
+        backend = HeroBackend(AOT)
+        compiled = compiled_with(backend, *models)
+        for model in compiled:
+            euler(model, noise, 2)
+        results = in_two_threads(lambda index, models=compiled: euler(models[index], noise, 12))
+        (graph,) = backend.stats().graphs
+        assert graph.cheap_calls > 0
+        assert all(torch.equal(results[i], sequential[i]) for i in range(2))
+
+
+def in_two_threads(run: Callable[[int], torch.Tensor]) -> list[torch.Tensor]:
+    """``run(0)`` and ``run(1)`` started together in two threads; raises what either raised."""
     results: dict[int, torch.Tensor] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
-    def run(index: int) -> None:
+    def target(index: int) -> None:
         try:
             start.wait()
-            results[index] = euler(compiled[index], noise, 12)
+            results[index] = run(index)
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert not errors, errors
-    (graph,) = backend.stats().graphs
-    assert graph.cheap_calls > 0
-    assert all(torch.equal(results[i], sequential[i]) for i in range(2))
+    return [results[0], results[1]]
 
 
 # ---------------------------------------------------------------------------------------------------------------

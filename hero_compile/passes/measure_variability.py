@@ -61,8 +61,9 @@ def add_variability_outputs(gm: fx.GraphModule, stack: BlockStack) -> fx.GraphMo
 
 
 def _squared_norm(graph: fx.Graph, value: fx.Node) -> fx.Node:
-    as_float = graph.call_method("float", (value,))
-    return graph.call_function(torch.sum, (graph.call_function(torch.square, (as_float,)),))
+    # Functions, not tensor methods: AOTAutograd's cache bypasses a graph with methods on values a pass added.
+    norm = graph.call_function(torch.linalg.vector_norm, (value,), {"dtype": torch.float32})
+    return graph.call_function(torch.square, (norm,))
 
 
 def _sum(graph: fx.Graph, values: list[fx.Node]) -> fx.Node:

@@ -169,8 +169,10 @@ class _BlockRewrite:
                 if segment.refreshed:
                     parts.append(graph.call_function(operator.add, (self.indices, offset)))
                 else:
-                    positions = graph.call_function(torch.arange, (offset, offset + segment.length))
-                    parts.append(graph.call_method("to", (positions, self.indices)))
+                    # A function, not a tensor method: AOTAutograd's cache bypasses methods on added values.
+                    device = graph.call_function(getattr, (self.indices, "device"))
+                    parts.append(graph.call_function(torch.arange, (offset, offset + segment.length),
+                                                     {"device": device}))
                 offset += segment.length
             self.layout_indices[axis.layout] = parts[0] if len(parts) == 1 else graph.call_function(torch.cat, (parts,))
         return self.layout_indices[axis.layout]
