@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import free_symbols
 
 from hero_compile.config import HeroConfig
 from hero_compile.lowering import lower
@@ -116,10 +117,10 @@ class VariantBuilder:
         profile.check_fits(self.stack.paths, source=f"profile {_describe_profile(self.config)}")
         return profile
 
-    def build(self, split: int) -> Variants:
-        """The full and cheap variants for ``split``. The full one is compiled now for Dynamo's own example
-        inputs (valid for every size the graph accepts); the cheap one on first use, for the sizes it is
-        called with."""
+    def build(self, split: int, call_inputs: Sequence[Any] | None = None) -> Variants:
+        """The full and cheap variants for ``split``. The full one is compiled now: for Dynamo's own example
+        inputs (valid for every size the graph accepts) or, built during a call of a graph with static shapes,
+        for that call's ``call_inputs``; the cheap one on first use, for the sizes it is called with."""
         gm, stack, config = self.gm, self.stack, self.config
         assert stack is not None
         split = min(split, len(stack.blocks))
@@ -150,18 +151,26 @@ class VariantBuilder:
             history_length=config.extrapolation_order + 1,
             num_refresh_caches=len(refresh_cached),
         )
-        full = self.lower("full", add_cache_outputs(gm, segment, refresh_cached), self.example_inputs)
+        full_gm = add_cache_outputs(gm, segment, refresh_cached)
+        if call_inputs is None:
+            full = self.lower("full", full_gm, self.example_inputs)
+        else:
+            with torch._guards.tracing(None):
+                full = self.lower("full", full_gm, call_inputs)
         return Variants(spec, full, cheap, selector)
 
-    def build_measured(self, profile: VariabilityProfile) -> Variants:
+    def build_measured(self, profile: VariabilityProfile, inputs: Sequence[Any]) -> Variants:
         """The variants of the split the measured ``profile`` chooses or, if the graph cannot be rewritten for
-        it, the plain graph alone (every step full, the reason in ``stats``). Called during a call, so it
-        re-enters the tracing context Dynamo compiled the graph in."""
+        it, the plain graph alone (every step full, the reason in ``stats``). Called during a call (``inputs``),
+        so it re-enters the tracing context Dynamo compiled the graph in. With static shapes the full variant is
+        compiled for the call's inputs, outside that context, as the cheap one is: Inductor's caches then serve
+        it to a warm process, which they do not for a graph compiled in a context whose compile has ended."""
         self.stats.variability = profile.variability
         self.stats.split_reason = f"profiled over steps {list(profile.steps)}: {SPLIT_RULE}"
+        static = not any(free_symbols(node.meta.get("example_value")) for node in placeholders(self.gm))
         with torch._guards.tracing(self.tracing_context):
             try:
-                return self.build(profile.split)
+                return self.build(profile.split, inputs if static else None)
             except RewriteUnsupported as reason:
                 self.stats.record_fallback(reason)
                 spec = VariantSpec(num_outputs=len(_outputs(self.gm)), num_streams=0, history_length=0,

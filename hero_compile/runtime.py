@@ -37,8 +37,8 @@ class SplitMeasurement:
     recorder: VariabilityRecorder
     zero_previous: Callable[[Sequence[Any]], list[torch.Tensor]]
     """Stand-ins for the previous step's block outputs on a generation's first call (its sums are dropped)."""
-    build: Callable[[VariabilityProfile], Variants]
-    """The variants of the split the measured profile chooses."""
+    build: Callable[[VariabilityProfile, Sequence[Any]], Variants]
+    """The variants of the split the measured profile chooses, built during a call with these inputs."""
 
 
 Timestep = tuple[float, ...]
@@ -210,7 +210,7 @@ class HeroRuntime:
         new_generation = state.advance(timestep)
         if new_generation:
             self.stats.count_generation()
-        variants = self._variants(state, new_generation)
+        variants = self._variants(state, new_generation, inputs)
         if variants is None:
             return self._run_measuring(state, inputs)
         time = sum(timestep) / len(timestep)
@@ -222,7 +222,7 @@ class HeroRuntime:
                 return outputs
         return self._run_full(inputs, time, slot, variants)
 
-    def _variants(self, state: GenerationState, new_generation: bool) -> Variants | None:
+    def _variants(self, state: GenerationState, new_generation: bool, inputs: Sequence[Any]) -> Variants | None:
         """The variants, once the split is known; ``None`` while this call is still measured."""
         measurement = self.measurement
         if measurement is None:
@@ -232,7 +232,7 @@ class HeroRuntime:
         with compile_session():  # another thread may be compiling, or fixing the split too
             if self.measurement is not None:
                 self.profile = measurement.recorder.profile()
-                self.variants = measurement.build(self.profile)
+                self.variants = measurement.build(self.profile, inputs)
                 self.measurement = None
                 for other in list(self._states.values()):
                     other.slots.clear()
