@@ -92,7 +92,9 @@ def zero_previous_outputs(gm: fx.GraphModule, stack: BlockStack) -> Callable[[Se
     def zeros(inputs: Sequence[Any]) -> list[torch.Tensor]:
         bindings = _symbol_bindings(placeholders, inputs)
         device = next(x.device for x in inputs if isinstance(x, torch.Tensor))
-        return [torch.zeros([_concrete(d, bindings) for d in e.shape], dtype=e.dtype, device=device)
+        # In the layout of the block output each stands for: Inductor asserts the strides of every input.
+        return [torch.empty_strided([_concrete(d, bindings) for d in e.shape],
+                                    [_concrete(d, bindings) for d in e.stride()], dtype=e.dtype, device=device).zero_()
                 for e in examples]
 
     return zeros
