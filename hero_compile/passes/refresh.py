@@ -110,7 +110,7 @@ class _BlockRewrite:
         graph, nodes, plan, axes = self.graph, self.nodes, self.plan, self.plan.axes
         output_cache, *key_value_caches = caches
         key_value_path = set() if cache_keys_values else _ancestors_in_block(
-            [arg for name in axes.attention for arg in nodes[name].args[1:3]], set(plan.block.nodes)
+            [nodes[name] for _, key, value in axes.attention.values() for name in (key, value)], set(plan.block.nodes)
         )
         updated_keys_values: list[fx.Node] = []
         with graph.inserting_before(nodes[plan.block.nodes[-1]].next):
@@ -122,14 +122,15 @@ class _BlockRewrite:
                     # Computed for all tokens for the keys and values anyway: gather instead of recomputing.
                     self.subset[name] = graph.call_function(torch.index_select, (node, axis.dim, self._index(axis)))
                 elif name in axes.attention:
-                    query, key, value = node.args[:3]
-                    assert callable(node.target) and isinstance(query, fx.Node)
+                    query, key, value = (nodes[n] for n in axes.attention[name])
+                    assert callable(node.target)
                     if cache_keys_values:
                         key = self._scatter(key_value_caches.pop(0), key)
                         value = self._scatter(key_value_caches.pop(0), value)
                         updated_keys_values += [key, value]
+                    options = {k: v for k, v in node.kwargs.items() if k not in ("query", "key", "value")}
                     self.subset[name] = graph.call_function(
-                        node.target, (self._on_subset(query), key, value), dict(node.kwargs)
+                        node.target, (self._on_subset(query), key, value, *node.args[3:]), options
                     )
                 else:
                     self.subset[name] = graph.node_copy(node, self._on_subset)
@@ -194,7 +195,7 @@ class _BlockRewrite:
             mapped = [edit.axis.subset_position(b, count) for b in bounds]
             sizes = [b - a for a, b in pairwise(mapped)]
             node.args = (node.args[0], sizes, *node.args[2:])
-            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "split_size_or_sections"}
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("split_size_or_sections", "split_sizes")}
 
 
 def _ancestors_in_block(roots: Sequence[object], in_block: set[str]) -> set[str]:

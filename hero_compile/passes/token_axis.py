@@ -187,9 +187,10 @@ class _Rule:
         return rule(self)
 
     def record_token_input(self, arg: fx.Node, axis: TokenAxis) -> None:
-        """``arg``, read from outside the block, lines up with the tokens along ``axis``."""
-        if arg.name in self.inside:
-            raise self.reject(f"operand {arg.name!r} has tokens but is computed from no token input")
+        """``arg``, which does not depend on the refreshed tokens, lines up with them along ``axis`` (a position
+        table: read from outside the block, or computed inside it from one, as rotary ``cos``/``sin`` are).
+        Row ``i`` of the result depends on row ``i`` of ``arg`` only, so the subset reads ``arg`` gathered at
+        the refreshed positions."""
         if not axis.refreshed:
             return  # fixed tokens are read in full, no gather needed
         known = self.analysis.token_inputs.get(arg.name)
@@ -360,8 +361,8 @@ def _split(rule: _Rule) -> NodeAxis | None:
     if dim != axis.dim:
         piece_axis = axis.moved(axis.dim - 1) if unbind and dim < axis.dim else axis
         return (piece_axis,) * pieces
-    sizes = _argument(node, 1, "split_size_or_sections", None)
-    if node.target not in ("split", torch.split) or not isinstance(sizes, (list, tuple)):
+    sizes = _argument(node, 1, "split_size_or_sections", None) or _argument(node, 1, "split_sizes", None)
+    if node.target not in _SPLITS_BY_SIZES or not isinstance(sizes, (list, tuple)):
         raise rule.reject("split along the token axis into equal chunks")
     rule.analysis.edits[node.name] = SplitTokens(tuple(int(s) for s in sizes), axis)
     result: list[TokenAxis | None] = []
@@ -370,6 +371,24 @@ def _split(rule: _Rule) -> NodeAxis | None:
         result.append(_cut(rule, axis, offset, offset + int(size)))
         offset += int(size)
     return tuple(result)
+
+
+_SPLITS_BY_SIZES = ("split", torch.split, "split_with_sizes", torch.split_with_sizes)
+
+
+def _first_operand(rule: _Rule) -> NodeAxis | None:
+    """``x.type_as(y)``, ``x.to(y)``: the other operand gives only a dtype and a device."""
+    return rule.axis_of(_positional(rule.node)[0])
+
+
+def _repeat_interleave(rule: _Rule) -> NodeAxis | None:
+    """Repeats along another dimension (grouped-query attention's key heads) keep the token axis."""
+    source = _positional(rule.node)[0]
+    axis = rule.tensor_axis_of(source)
+    dim = _argument(rule.node, 2, "dim", None)
+    if axis is None or dim is None or _normalize(int(dim), _tensor(source).dim()) == axis.dim:
+        raise rule.reject("repeats along the token axis")
+    return axis
 
 
 def _cut(rule: _Rule, axis: TokenAxis, start: int, stop: int) -> TokenAxis:
@@ -466,11 +485,20 @@ def _reduction(rule: _Rule) -> NodeAxis | None:
 
 def _attention(rule: _Rule) -> NodeAxis | None:
     node = rule.node
-    query, key, value = _positional(node)[:3]
-    if _keywords(node).get("attn_mask") is not None or len(_positional(node)) > 3:
+    # scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, ...),
+    # called with positional or keyword arguments (LTX-Video passes them by name).
+    query, key, value = (_argument(node, i, name, None) for i, name in enumerate(("query", "key", "value")))
+    if _argument(node, 3, "attn_mask", None) is not None:
         raise rule.reject("attention with a mask")
-    if _keywords(node).get("is_causal"):
+    if _argument(node, 5, "is_causal", False):
         raise rule.reject("causal attention")
+    if rule.axis_of(key) is None and rule.axis_of(value) is None:
+        # Cross-attention (keys and values from the text states): each query row attends on its own, so the
+        # subset's queries attend to the same keys and values, unchanged.
+        query_axis = rule.tensor_axis_of(query)
+        if query_axis is None or query_axis.dim != _tensor(query).dim() - 2:
+            raise rule.reject("the query sequence axis is not the token axis of the block input")
+        return query_axis
     for role, tensor in (("query", query), ("key", key), ("value", value)):
         axis = rule.tensor_axis_of(tensor)
         if axis is None or axis.dim != _tensor(tensor).dim() - 2:
@@ -486,23 +514,27 @@ _ELEMENTWISE_FUNCTIONS = {
     operator.gt, operator.ge, operator.lt, operator.le, operator.eq, operator.ne,
     torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.pow, torch.tanh, torch.sigmoid, torch.exp,
     torch.rsqrt, torch.sqrt, torch.clamp, torch.where, torch.sin, torch.cos,
+    torch.empty_like, torch.zeros_like, torch.ones_like,  # filled in place afterwards (Wan's rotary)
     F.gelu, F.silu, F.relu, F.dropout, F.mish, F.sigmoid,
 }
 _ELEMENTWISE_METHODS = {
     "add", "sub", "mul", "div", "neg", "pow", "tanh", "sigmoid", "exp", "rsqrt", "sqrt", "clamp",
-    "float", "half", "bfloat16", "to", "type_as", "type", "contiguous", "clone", "sin", "cos",
+    "float", "half", "bfloat16", "type", "contiguous", "clone", "sin", "cos",
     "gt", "ge", "lt", "le", "eq", "ne",
 }
 _RULES: dict[Any, Callable[[_Rule], NodeAxis | None]] = {
     torch._C._nn.linear: _keep_unless_last,
     F.linear: _keep_unless_last,
-    F.layer_norm: _normalization,
-    F.rms_norm: _normalization,
+    F.layer_norm: _normalization, torch.layer_norm: _normalization,
+    F.rms_norm: _normalization, torch.rms_norm: _normalization,  # torch.nn.RMSNorm: the qk-norm of Wan, Flux, LTX
     "view": _reshape, "reshape": _reshape, torch.reshape: _reshape,
     "flatten": _reshape, torch.flatten: _reshape, "unflatten": _reshape,
     "squeeze": _reshape, "unsqueeze": _reshape, torch.unsqueeze: _reshape, torch.squeeze: _reshape,
     "permute": _permute, torch.permute: _permute, "transpose": _permute, torch.transpose: _permute,
     "chunk": _split, torch.chunk: _split, "split": _split, torch.split: _split, "unbind": _split,
+    "split_with_sizes": _split, torch.split_with_sizes: _split,
+    "to": _first_operand, "type_as": _first_operand,
+    "repeat_interleave": _repeat_interleave, torch.repeat_interleave: _repeat_interleave,
     torch.unbind: _split,
     operator.getitem: _getitem,
     operator.setitem: _setitem,
