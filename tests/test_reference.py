@@ -103,17 +103,22 @@ def mmdit(**options: Any) -> Case:
                 split=2, deep_streams=streams, cfg=True, refreshes="single_depth" not in options)
 
 
+def text_conditioned(build: Callable[[], Any], grid: tuple[int, ...], text: torch.Tensor, split: int,
+                     cfg: bool) -> Case:
+    """A diffusers transformer called with the sample, the timestep and text states (zeros for the CFG call)."""
+    built = build()
+    return Case(built.model.eval(), built.sample, grid,
+                lambda x, t, slot: {"hidden_states": x, "timestep": t, "return_dict": False,
+                                    "encoder_hidden_states": context_or_zeros(text, slot)},
+                split=split, deep_streams=1, cfg=cfg)
+
+
 def cogvideox() -> Case:
     """diffusers' CogVideoX. Hero finds no (frames, height, width) grid through its patch embedding and balances
     the subset over the flat sequence of 3 x 4 x 4 tokens."""
     from test_diffusers_models import cogvideox as build
 
-    built = build()
-    text = torch.randn(1, 6, 8)
-    return Case(built.model.eval(), built.sample, (48,),
-                lambda x, t, slot: {"hidden_states": x, "timestep": t, "return_dict": False,
-                                    "encoder_hidden_states": context_or_zeros(text, slot)},
-                split=2, deep_streams=1, cfg=True)
+    return text_conditioned(build, (48,), torch.randn(1, 6, 8), split=2, cfg=True)
 
 
 # Wan and Flux refresh through their qk-norm (``torch.rms_norm``), their rotary tables (computed inside the block
@@ -124,12 +129,7 @@ def cogvideox() -> Case:
 def wan() -> Case:
     from test_diffusers_models import wan as build
 
-    built = build()
-    text = torch.randn(1, 6, 8)
-    return Case(built.model.eval(), built.sample, (32,),
-                lambda x, t, slot: {"hidden_states": x, "timestep": t, "return_dict": False,
-                                    "encoder_hidden_states": context_or_zeros(text, slot)},
-                split=2, deep_streams=1, cfg=True)
+    return text_conditioned(build, (32,), torch.randn(1, 6, 8), split=2, cfg=True)
 
 
 def flux() -> Case:
@@ -147,12 +147,7 @@ def cosmos() -> Case:
     """Grouped-query keys (``repeat_interleave`` over heads), rotary tables and cross-attention to the text."""
     from test_diffusers_models import cosmos as build
 
-    built = build()
-    text = torch.randn(1, 5, 16)
-    return Case(built.model.eval(), built.sample, (2, 4, 4),
-                lambda x, t, slot: {"hidden_states": x, "timestep": t, "return_dict": False,
-                                    "encoder_hidden_states": context_or_zeros(text, slot)},
-                split=1, deep_streams=1)
+    return text_conditioned(build, (2, 4, 4), torch.randn(1, 5, 16), split=1, cfg=False)
 
 
 CASES: dict[str, Callable[[], Case]] = {
