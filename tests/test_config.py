@@ -31,6 +31,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "token_refresh": [1, 0, "yes", None],
     "profile": [1, b"profile.json", True, ["profile.json"]],
     "profile_steps": [0, 1, 2.0, "4", None, True],
+    "timestep_input": ["", "2t", "time step", 1, True, ["t"]],
 }
 
 GOOD_VALUES: dict[str, list[object]] = {
@@ -48,6 +49,7 @@ GOOD_VALUES: dict[str, list[object]] = {
     "token_refresh": [True, False],
     "profile": [None, "profile.json", pathlib.Path("profile.json")],
     "profile_steps": [2, 4, 100],
+    "timestep_input": [None, "t", "timestep", "sigma_t"],
 }
 
 
