@@ -150,10 +150,36 @@ def cosmos() -> Case:
     return text_conditioned(build, (2, 4, 4), torch.randn(1, 5, 16), split=1, cfg=False)
 
 
+# HunyuanVideo and LTX-Video mask their attention (padded text keys): each query row is masked on its own, so the
+# mask's rows, where it has some, are gathered with the queries. Two of the five text tokens are padding. Neither
+# model's token grid is found (flat grids of 32 tokens).
+PADDED_TEXT = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]])
+
+
+def hunyuan_video() -> Case:
+    from test_diffusers_models import hunyuan_video as build
+
+    built = build()
+    context = {"encoder_hidden_states": torch.randn(1, 5, 16), "encoder_attention_mask": PADDED_TEXT,
+               "pooled_projections": torch.randn(1, 8), "guidance": torch.full((1,), 3000.0), "return_dict": False}
+    return Case(built.model.eval(), built.sample, (32,),
+                lambda x, t, slot: {"hidden_states": x, "timestep": t, **context}, split=1, deep_streams=1)
+
+
+def ltx_video() -> Case:
+    from test_diffusers_models import ltx_video as build
+
+    built = build()
+    context = {"encoder_hidden_states": torch.randn(1, 5, 16), "encoder_attention_mask": PADDED_TEXT,
+               "num_frames": 2, "height": 4, "width": 4, "return_dict": False}
+    return Case(built.model.eval(), built.sample, (32,),
+                lambda x, t, slot: {"hidden_states": x, "timestep": t, **context}, split=1, deep_streams=1)
+
+
 CASES: dict[str, Callable[[], Case]] = {
     "dit": dit, "dit_cfg": dit_cfg, "cogvideox_style": cogvideox_style,
     "mmdit": lambda: mmdit(joint_final=True), "mmdit_tail": lambda: mmdit(single_depth=2), "cogvideox": cogvideox,
-    "wan": wan, "flux": flux, "cosmos": cosmos,
+    "wan": wan, "flux": flux, "cosmos": cosmos, "hunyuan_video": hunyuan_video, "ltx_video": ltx_video,
 }
 
 
@@ -264,6 +290,8 @@ AOT_EAGER = {
     "flux-output-order2": ("flux", output(2)),
     "flux-residual-0.5-order1": ("flux", residual(0.5, 1)),
     "cosmos-residual-0.25-order1": ("cosmos", residual(0.25, 1)),
+    "hunyuan_video-residual-0.25-order1": ("hunyuan_video", residual(0.25, 1)),
+    "ltx_video-residual-0.25-order1": ("ltx_video", residual(0.25, 1)),
 }
 
 

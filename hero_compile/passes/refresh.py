@@ -128,9 +128,12 @@ class _BlockRewrite:
                         key = self._scatter(key_value_caches.pop(0), key)
                         value = self._scatter(key_value_caches.pop(0), value)
                         updated_keys_values += [key, value]
-                    options = {k: v for k, v in node.kwargs.items() if k not in ("query", "key", "value")}
+                    # The mask's query rows, if it has some, are gathered with the queries.
+                    options = {k: self._on_subset(v) if isinstance(v, fx.Node) else v
+                               for k, v in node.kwargs.items() if k not in ("query", "key", "value")}
+                    extra = [self._on_subset(a) if isinstance(a, fx.Node) else a for a in node.args[3:]]
                     self.subset[name] = graph.call_function(
-                        node.target, (self._on_subset(query), key, value, *node.args[3:]), options
+                        node.target, (self._on_subset(query), key, value, *extra), options
                     )
                 else:
                     self.subset[name] = graph.node_copy(node, self._on_subset)

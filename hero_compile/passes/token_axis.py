@@ -217,6 +217,22 @@ def _keywords(node: fx.Node) -> Any:
     return node.kwargs
 
 
+def _mask_rows_follow_the_queries(rule: _Rule, query: Any, mask: Any) -> None:
+    """An attention mask (padding of the text keys, HunyuanVideo's and LTX-Video's) masks each query row on its
+    own: a mask without query rows (size 1 there) serves the subset unchanged; one with a row per query is
+    gathered with them. A mask computed from the refreshed tokens is not understood."""
+    if mask is None:
+        return
+    if not isinstance(mask, fx.Node) or rule.axis_of(mask) is not None:
+        raise rule.reject("attention with a mask computed from the tokens")
+    query_axis = rule.tensor_axis_of(query)
+    rows = _tensor(mask).dim() - 2
+    if query_axis is None or rows < 0:
+        raise rule.reject("attention with a mask")
+    if _tensor(mask).shape[rows] != 1:
+        rule.record_token_input(mask, query_axis.moved(rows))
+
+
 def _op_name(node: fx.Node) -> str:
     target = node.target
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
@@ -488,10 +504,9 @@ def _attention(rule: _Rule) -> NodeAxis | None:
     # scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, ...),
     # called with positional or keyword arguments (LTX-Video passes them by name).
     query, key, value = (_argument(node, i, name, None) for i, name in enumerate(("query", "key", "value")))
-    if _argument(node, 3, "attn_mask", None) is not None:
-        raise rule.reject("attention with a mask")
     if _argument(node, 5, "is_causal", False):
         raise rule.reject("causal attention")
+    _mask_rows_follow_the_queries(rule, query, _argument(node, 3, "attn_mask", None))
     if rule.axis_of(key) is None and rule.axis_of(value) is None:
         # Cross-attention (keys and values from the text states): each query row attends on its own, so the
         # subset's queries attend to the same keys and values, unchanged.
