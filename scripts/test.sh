@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check hero_compile world tests benchmarks examples
+.venv/bin/ruff check hero_compile world tests benchmarks examples scripts
 .venv/bin/mypy
 .venv/bin/python -m pytest tests -q --durations=10 "$@"
