@@ -5,7 +5,6 @@ The variants and their calling conventions are described in ``hero_compile.varia
 
 from __future__ import annotations
 
-import logging
 import threading
 import weakref
 from collections import deque
@@ -21,8 +20,6 @@ from hero_compile.stats import GraphStats
 from hero_compile.token_selection import TokenSelector
 from hero_compile.variability import VariabilityProfile, VariabilityRecorder
 from hero_compile.variants import CompiledFn, InputRoles, Variants, compile_session
-
-log = logging.getLogger("hero_compile")
 
 # Calls with the same timestep beyond this many (a model called repeatedly outside a sampler) run full and
 # keep no cache, so memory stays bounded.
