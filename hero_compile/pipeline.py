@@ -68,8 +68,8 @@ class VariantBuilder:
         self.inductor_options = inductor_options
         self.stats = stats
         self.stack: BlockStack | None = None
-        # The full variant is compiled for Dynamo's fake example inputs, in the tracing context they belong to
-        # (their shape environment), also when the split is fixed later, during a call.
+        # Variants compiled now take Dynamo's fake example inputs, in the tracing context they belong to (their
+        # shape environment); a dynamic graph's full variant built later, during a call, re-enters it.
         self.tracing_context = torch._guards.TracingContext.try_get()
 
     def plain(self) -> CompiledFn:
