@@ -122,14 +122,13 @@ def cogvideox() -> Case:
 
 
 # Wan and Flux refresh through their qk-norm (``torch.rms_norm``), their rotary tables (computed inside the block
-# from position tables) and, for Wan, cross-attention to the text states. Like CogVideoX's, Wan's token grid is
-# not found (a flat grid of its 32 tokens is used), so the reference uses the flat grid too.
+# from position tables) and, for Wan, cross-attention to the text states.
 
 
 def wan() -> Case:
     from test_diffusers_models import wan as build
 
-    return text_conditioned(build, (32,), torch.randn(1, 6, 8), split=2, cfg=True)
+    return text_conditioned(build, (2, 4, 4), torch.randn(1, 6, 8), split=2, cfg=True)
 
 
 def flux() -> Case:
@@ -151,8 +150,8 @@ def cosmos() -> Case:
 
 
 # HunyuanVideo and LTX-Video mask their attention (padded text keys): each query row is masked on its own, so the
-# mask's rows, where it has some, are gathered with the queries. Two of the five text tokens are padding. Neither
-# model's token grid is found (flat grids of 32 tokens).
+# mask's rows, where it has some, are gathered with the queries. Two of the five text tokens are padding. LTX-Video
+# takes its tokens already patchified: its grid is their flat sequence.
 PADDED_TEXT = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]])
 
 
@@ -162,7 +161,7 @@ def hunyuan_video() -> Case:
     built = build()
     context = {"encoder_hidden_states": torch.randn(1, 5, 16), "encoder_attention_mask": PADDED_TEXT,
                "pooled_projections": torch.randn(1, 8), "guidance": torch.full((1,), 3000.0), "return_dict": False}
-    return Case(built.model.eval(), built.sample, (32,),
+    return Case(built.model.eval(), built.sample, (2, 4, 4),
                 lambda x, t, slot: {"hidden_states": x, "timestep": t, **context}, split=1, deep_streams=1)
 
 

@@ -11,6 +11,7 @@ import torch.fx as fx
 from hero_compile.passes.graph_surgery import flat_args
 
 _RESHAPES = {"view", "reshape", "flatten", torch.reshape, torch.flatten}
+_TRANSPOSES = {"transpose", torch.transpose, "permute", torch.permute}
 _MAX_HOPS = 64
 
 
@@ -29,11 +30,26 @@ def find_token_grid(stream_input: fx.Node, axis: int) -> tuple[int, ...]:
                 return tuple(int(s) for s in _tensor(source).shape[merged[0] : merged[-1] + 1])
             node, axis = source, merged[0]
             continue
+        if node.target in _TRANSPOSES:
+            # A patch embedding flattens the grid, then moves the tokens before the channels.
+            node, axis = flat_args(node)[0], _source_dim(node, axis)
+            continue
         same = [a for a in flat_args(node) if _keeps_axis(a, _tensor(node), axis)]
         if not same:
             break
         node = same[0]
     return (tokens,)
+
+
+def _source_dim(node: fx.Node, axis: int) -> int:
+    """The dimension of a transpose's or permute's input that becomes its output dimension ``axis``."""
+    rank = _tensor(node).dim()
+    args: list[Any] = list(node.args[1:])
+    if node.target in ("permute", torch.permute):
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        return int(dims[axis]) % rank
+    first, second = (int(d) % rank for d in args[:2])
+    return second if axis == first else first if axis == second else axis
 
 
 def _tensor(node: fx.Node) -> Any:
