@@ -53,10 +53,14 @@ class Plan:
     """The token grid the refresh subset is balanced over: (frames, height, width) in tokens, or (tokens,)."""
 
     @classmethod
-    def from_stats(cls, graph: GraphStats, grid: Sequence[int]) -> Plan:
+    def from_stats(cls, graph: GraphStats, grid: Sequence[int], period_ends: Mapping[str, str] | None = None) -> Plan:
+        """``period_ends``: for blocks that are periods of two interleaved stacks (Latte: temporal block ``i``,
+        then spatial block ``i + 1``), the module whose output ends the period, where the refresh is applied."""
         assert graph.split is not None and graph.split < len(graph.blocks), "the reference needs deep blocks"
         deep = [*graph.blocks[graph.split :], *graph.tail_blocks]
-        return cls(deep[0], deep[-1], tuple(graph.tokens_refreshed_per_cheap_step), tuple(grid))
+        ends = period_ends or {}
+        refreshed = tuple(ends.get(path, path) for path in graph.tokens_refreshed_per_cheap_step)
+        return cls(deep[0], deep[-1], refreshed, tuple(grid))
 
 
 def lagrange_weights(time: float, times: Sequence[float]) -> list[float]:

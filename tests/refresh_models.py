@@ -5,6 +5,7 @@
   the video part of queries and keys (``query[:, :, text_len:] = rotary(...)``), as diffusers' CogVideoX does.
 - ``flux``: separate projections per stream, queries/keys/values concatenated for joint attention, rotary on the
   joint sequence, attention output split back (diffusers' Flux double-stream blocks).
+- ``transposed``: ``dit`` returning its output as a transposed view (not in ``STYLES``: tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -133,7 +134,19 @@ class FluxStyleBlock(nn.Module):
         return x + self.mlp_x(x), context + self.mlp_c(context)
 
 
-BLOCKS = {"dit": DiTStyleBlock, "cogvideox": CogVideoXStyleBlock, "flux": FluxStyleBlock}
+class TransposedOutputBlock(DiTStyleBlock):
+    """A DiT block whose output is a ``(batch, tokens, channels)`` view of channels-first memory: every value
+    the runtime keeps of it and feeds back must take the layout the compiled variants assert."""
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, temb: torch.Tensor, rotary: tuple[torch.Tensor, ...] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, context = super().forward(x, context, temb, rotary)
+        return x.transpose(1, 2).contiguous().transpose(1, 2), context
+
+
+BLOCKS = {"dit": DiTStyleBlock, "cogvideox": CogVideoXStyleBlock, "flux": FluxStyleBlock,
+          "transposed": TransposedOutputBlock}
 
 
 class StyledTransformer(nn.Module):

@@ -58,6 +58,8 @@ class Case:
     """Two calls per step (conditional, unconditional) instead of one."""
     refreshes: bool = True
     """Whether hero refreshes the shallow blocks under residual caching; the cases where it does not say why."""
+    period_ends: dict[str, str] = field(default_factory=dict)
+    """Blocks that are periods of two interleaved stacks, and the module ending each (:meth:`Plan.from_stats`)."""
 
 
 def prediction(model: Callable[..., Any], inputs: Mapping[str, Any]) -> torch.Tensor:
@@ -104,13 +106,13 @@ def mmdit(**options: Any) -> Case:
 
 
 def text_conditioned(build: Callable[[], Any], grid: tuple[int, ...], text: torch.Tensor, split: int,
-                     cfg: bool) -> Case:
+                     cfg: bool, **details: Any) -> Case:
     """A diffusers transformer called with the sample, the timestep and text states (zeros for the CFG call)."""
     built = build()
     return Case(built.model.eval(), built.sample, grid,
                 lambda x, t, slot: {"hidden_states": x, "timestep": t, "return_dict": False,
                                     "encoder_hidden_states": context_or_zeros(text, slot)},
-                split=split, deep_streams=1, cfg=cfg)
+                split=split, deep_streams=1, cfg=cfg, **details)
 
 
 def cogvideox() -> Case:
@@ -175,10 +177,22 @@ def ltx_video() -> Case:
                 lambda x, t, slot: {"hidden_states": x, "timestep": t, **context}, split=1, deep_streams=1)
 
 
+def latte() -> Case:
+    """Spatial and temporal blocks alternate; hero's blocks are periods (temporal block i, then spatial block i + 1).
+    Their tokens are the 4 x 4 spatial positions: the batch axis of the temporal attention (its sequence is the 2
+    frames), the sequence axis of the spatial one; the text states repeated per frame and the per-frame
+    modulation are shared by all positions. Each period ends with spatial block i + 1's output."""
+    from test_diffusers_models import latte as build
+
+    return text_conditioned(build, (4, 4), torch.randn(1, 5, 8), split=1, cfg=True,
+                            period_ends={"temporal_transformer_blocks.0": "transformer_blocks.1"})
+
+
 CASES: dict[str, Callable[[], Case]] = {
     "dit": dit, "dit_cfg": dit_cfg, "cogvideox_style": cogvideox_style,
     "mmdit": lambda: mmdit(joint_final=True), "mmdit_tail": lambda: mmdit(single_depth=2), "cogvideox": cogvideox,
     "wan": wan, "flux": flux, "cosmos": cosmos, "hunyuan_video": hunyuan_video, "ltx_video": ltx_video,
+    "latte": latte,
 }
 
 
@@ -194,10 +208,19 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def compare(case: Case, config: HeroConfig) -> tuple[Comparison, GraphStats]:
-    """Run the loop on the reference's outputs, calling hero with the same inputs, and compare each call."""
+Hero = tuple[hero_compile.HeroBackend, Callable[..., Any]]
+"""A hero backend and the model compiled with it."""
+
+
+def compile_hero(case: Case, config: HeroConfig) -> Hero:
     backend = hero_compile.backend(config)
-    compiled = torch.compile(case.model, backend=backend, fullgraph=True)
+    return backend, torch.compile(case.model, backend=backend, fullgraph=True)
+
+
+def compare(case: Case, config: HeroConfig, hero: Hero | None = None) -> tuple[Comparison, GraphStats]:
+    """Run the loop on the reference's outputs, calling hero with the same inputs, and compare each call.
+    ``hero``: a compiled model that already ran (its split measured); by default a new one."""
+    backend, compiled = hero or compile_hero(case, config)
     comparison = Comparison()
     references: list[Reference] = []  # built at the first call, once hero's plan is in its stats
 
@@ -206,8 +229,8 @@ def compare(case: Case, config: HeroConfig) -> tuple[Comparison, GraphStats]:
         before = backend.stats().cheap_calls
         got = prediction(compiled, inputs)
         if not references:
-            references.append(Reference(case.model, config, Plan.from_stats(graph_of(backend), case.grid),
-                                        prediction))
+            plan = Plan.from_stats(graph_of(backend), case.grid, case.period_ends)
+            references.append(Reference(case.model, config, plan, prediction))
         reference = references[0]
         want = reference(inputs)
         assert want.cheap == (backend.stats().cheap_calls > before), f"call at t={t.tolist()}, slot {slot}"
@@ -244,7 +267,7 @@ def check_plan(case: Case, config: HeroConfig, graph: GraphStats) -> None:
     """Hero planned what the configuration asks for: the split, the deep streams, and (residual caching, where
     the case refreshes) every shallow block refreshed with the subset size of the case's grid."""
     assert graph.split == case.split and len(graph.deep_streams) == case.deep_streams
-    if config.cache_target == "output" or not case.refreshes:
+    if config.cache_target == "output" or not case.refreshes or not config.token_refresh:
         assert graph.tokens_refreshed_per_cheap_step == {}, graph.tokens_refreshed_per_cheap_step
         return
     size = TokenSelector(case.grid, config.patch_size, config.refresh_ratio).size
@@ -254,11 +277,20 @@ def check_plan(case: Case, config: HeroConfig, graph: GraphStats) -> None:
 
 def check(name: str, lowering: str, tolerance: float, **settings: Any) -> None:
     torch.manual_seed(0)
-    case = CASES[name]()
+    check_case(CASES[name](), lowering, tolerance, **settings)
+
+
+def check_case(case: Case, lowering: str, tolerance: float, **settings: Any) -> None:
     config = hero_config(case, lowering, **settings)
     comparison, graph = compare(case, config)
     check_plan(case, config, graph)
-    assert graph.cheap_calls == len(comparison.gaps) > 0
+    check_comparison(comparison, graph.cheap_calls, tolerance)
+
+
+def check_comparison(comparison: Comparison, cheap_calls: int, tolerance: float) -> None:
+    """Every call within ``tolerance`` of the reference, and hero's ``cheap_calls`` the reference's cheap calls,
+    each far from full compute."""
+    assert cheap_calls == len(comparison.gaps) > 0
     error, gap = max(comparison.errors), min(comparison.gaps)
     assert error <= tolerance, f"a call differs from the reference by {error:.1e} of its scale"
     assert gap >= DISTINCT * tolerance, f"a cheap call of the reference is only {gap:.1e} away from full compute"
@@ -291,6 +323,8 @@ AOT_EAGER = {
     "cosmos-residual-0.25-order1": ("cosmos", residual(0.25, 1)),
     "hunyuan_video-residual-0.25-order1": ("hunyuan_video", residual(0.25, 1)),
     "ltx_video-residual-0.25-order1": ("ltx_video", residual(0.25, 1)),
+    "latte-output-order1": ("latte", output(1)),
+    "latte-residual-0.25-order1": ("latte", residual(0.25, 1)),
 }
 
 

@@ -126,19 +126,38 @@ class TokenAxisMap:
 def analyze_token_axis(gm: fx.GraphModule, block: Block, stream_input: str) -> TokenAxisMap:
     """The token axes inside ``block`` whose refreshed tokens enter through ``stream_input``.
 
-    The stream input's tokens are dimension 1 of a ``(batch, tokens, ...)`` tensor (0 without batch); fused
-    attention must then see them on its sequence axis, else the block is rejected. Raises
-    :class:`RewriteUnsupported` naming the node and op where the token axis cannot be followed.
+    The tokens are a dimension of the stream input other than its last (channels): the largest one the analysis
+    can follow through the block, dimension 1 of a ``(batch, tokens, ...)`` tensor first among equals. A temporal
+    block's input ``(positions, frames, channels)`` has two candidates; its spatial positions, more numerous,
+    ride on the batch axis of its attention. Raises :class:`RewriteUnsupported` naming, for each candidate, the
+    node and op where the token axis cannot be followed.
     """
     nodes = nodes_by_name(gm.graph)
     start = _tensor(nodes[stream_input])
-    dim = 1 if start.dim() >= 3 else 0
-    count = start.shape[dim]
+    conventional = 1 if start.dim() >= 3 else 0
+    count = start.shape[conventional]
     if not isinstance(count, int):
         # Dynamo made the sequence length symbolic (the model ran at several lengths): the refresh subset's
         # size and the views around it are static, so the block runs in full on cheap steps.
         raise RewriteUnsupported(f"the token count of '{stream_input}' is dynamic ({count}): token refresh needs "
                                  "a static sequence length")
+    candidates = sorted(
+        (d for d in range(max(start.dim() - 1, 1)) if isinstance(start.shape[d], int) and start.shape[d] > 1),
+        key=lambda d: (-start.shape[d], d != conventional),
+    ) or [conventional]
+    failures: list[tuple[int, RewriteUnsupported]] = []
+    for dim in candidates:
+        try:
+            return _analyze_along(nodes, block, stream_input, dim)
+        except RewriteUnsupported as reason:
+            failures.append((dim, reason))
+    if len(failures) == 1:
+        raise failures[0][1]
+    raise RewriteUnsupported("; ".join(f"tokens along dim {d} ({start.shape[d]}): {r}" for d, r in failures))
+
+
+def _analyze_along(nodes: dict[str, fx.Node], block: Block, stream_input: str, dim: int) -> TokenAxisMap:
+    count = _tensor(nodes[stream_input]).shape[dim]
     result = TokenAxisMap(token_count=count)
     result.token_inputs[stream_input] = TokenAxis(dim, (Segment(True, count),))
     inside = set(block.nodes)
@@ -175,7 +194,10 @@ class _Rule:
         if free_unbacked_symbols(self.node.meta.get("example_value")) and any(
             self.axis_of(a) is not None for a in flat_args(self.node)
         ):
-            raise self.reject("its size depends on data (a mask packed with nonzero())")
+            raise self.reject(
+                "its size depends on data (tokens packed with nonzero()): token refresh needs a static length for "
+                "every run of tokens beside the refreshed ones; no compile setting changes this, a model that masks "
+                "its padded tokens instead of packing them is refreshed")
         rule = _rule_for(self.node)
         if rule in (_elementwise, _concatenate):
             assert rule is not None
@@ -329,6 +351,16 @@ def _normalization(rule: _Rule) -> NodeAxis | None:
     shape = _argument(rule.node, 1, "normalized_shape", ())
     axis = rule.tensor_axis_of(source)
     if axis is None or axis.dim >= _tensor(source).dim() - len(shape):
+        raise rule.reject("normalization over the token axis")
+    return axis
+
+
+def _normalize_along(rule: _Rule) -> NodeAxis | None:
+    """``F.normalize(x, p, dim)``: a norm along one dimension, which must not be the token axis."""
+    source = _argument(rule.node, 0, "input", None)
+    axis = rule.tensor_axis_of(source)
+    dim = _normalize(int(_argument(rule.node, 2, "dim", 1)), _tensor(source).dim())
+    if axis is None or axis.dim == dim:
         raise rule.reject("normalization over the token axis")
     return axis
 
@@ -504,6 +536,12 @@ def _attention(rule: _Rule) -> NodeAxis | None:
     # scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, ...),
     # called with positional or keyword arguments (LTX-Video passes them by name).
     query, key, value = (_argument(node, i, name, None) for i, name in enumerate(("query", "key", "value")))
+    query_axis = rule.tensor_axis_of(query)
+    if query_axis is not None and query_axis.dim < _tensor(query).dim() - 2:
+        # The tokens index a batch dimension (the spatial positions of a temporal block, whose sequence is
+        # frames): each token attends on its own, so attention is a token-wise op. Keys and values without tokens
+        # but with a row per token (text states repeated per frame) are gathered with them.
+        return _elementwise(rule)
     if _argument(node, 5, "is_causal", False):
         raise rule.reject("causal attention")
     _mask_rows_follow_the_queries(rule, query, _argument(node, 3, "attn_mask", None))
@@ -542,6 +580,7 @@ _RULES: dict[Any, Callable[[_Rule], NodeAxis | None]] = {
     F.linear: _keep_unless_last,
     F.layer_norm: _normalization, torch.layer_norm: _normalization,
     F.rms_norm: _normalization, torch.rms_norm: _normalization,  # torch.nn.RMSNorm: the qk-norm of Wan, Flux, LTX
+    F.normalize: _normalize_along,
     "view": _reshape, "reshape": _reshape, torch.reshape: _reshape,
     "flatten": _reshape, torch.flatten: _reshape, "unflatten": _reshape,
     "squeeze": _reshape, "unsqueeze": _reshape, torch.unsqueeze: _reshape, torch.squeeze: _reshape,
