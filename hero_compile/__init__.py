@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 from hero_compile.backend import DEFAULT_BACKEND, HeroBackend
 from hero_compile.config import HeroConfig
 from hero_compile.stats import GraphStats, HeroStats
-from hero_compile.variability import ProfileMismatch, VariabilityProfile
 
 if TYPE_CHECKING:
     from hero_compile.analysis import AnalysisReport, analyze
+    from hero_compile.variability import ProfileMismatch, VariabilityProfile
 
 __all__ = [
     "AnalysisReport", "GraphStats", "HeroBackend", "HeroConfig", "HeroStats", "ProfileMismatch",
@@ -49,11 +49,16 @@ def save_profile(path: str | os.PathLike[str], backend: HeroBackend | None = Non
 
 
 def __getattr__(name: str) -> Any:
-    # The offline analysis is a tool on top of the backend: imported on first use, never by the backend.
+    # The offline analysis is a tool on top of the backend: imported on first use, never by the backend. The
+    # profile needs torch: imported on first use, so that ``hero-compile --help`` answers without torch.
     if name in ("analyze", "AnalysisReport"):
         from hero_compile import analysis
 
         return getattr(analysis, name)
+    if name in ("ProfileMismatch", "VariabilityProfile"):
+        from hero_compile import variability
+
+        return getattr(variability, name)
     raise AttributeError(f"module 'hero_compile' has no attribute {name!r}")
 
 

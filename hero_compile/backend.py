@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hero_compile.config import HeroConfig
+from hero_compile.config import HeroConfig, unknown_names_message
 from hero_compile.stats import GraphStats, HeroStats
-from hero_compile.variability import VariabilityProfile
 
 if TYPE_CHECKING:
     import torch.fx as fx
 
     from hero_compile.runtime import HeroRuntime
+    from hero_compile.variability import VariabilityProfile
     from hero_compile.variants import CompiledFn, Variants
 
 
@@ -106,10 +106,8 @@ def resolve_options(
     known_inductor = set(inductor_config.get_config_copy())
     unknown = sorted(k for k in options if k not in known_inductor)
     if unknown:
-        raise ValueError(
-            f"unknown torch.compile option(s) {unknown} for backend 'hero': neither a HeroConfig field "
-            f"{list(HeroConfig.field_names())} nor an Inductor config key"
-        )
+        raise ValueError(unknown_names_message("option", unknown, HeroConfig.field_names(),
+                                               also_valid=", or any Inductor config key", more_valid=known_inductor))
     inductor_options = {**(list_mode_options(mode) if mode else {}), **options}
     return config.replace(**hero_changes), inductor_options
 

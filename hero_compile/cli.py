@@ -24,13 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--guidance", type=_guidance,
                       help="classifier-free guidance on the action, a finite number >= 1, where 1 is none "
                       "(default: the world model's own)")
-    demo.add_argument("--repeats", type=_count, default=2,
-                      help="timed rollouts per method (median; default: %(default)s)")
+    demo.add_argument("--repeats", type=_count, default=3,
+                      help="timed rollouts per method, alternated, after an untimed warm-up (median, and the spread: "
+                      "min and max; default: %(default)s)")
     demo.add_argument("--weights", type=_existing_folder,
                       help="folder of the world model's weights (default: the shipped ones)")
-    demo.add_argument("--json", type=_output_file, help="write the figures to this file (default: not written)")
-    demo.add_argument("--out", type=_output_folder,
-                      help="write side-by-side PNG strips to this folder (default: not written)")
+    demo.add_argument("--json", type=_output_file,
+                      help="write the settings, times and figures to this file (default: not written)")
+    demo.add_argument("--out", type=_output_folder, default="hero-demo",
+                      help="folder for the labelled PNG strips and animated GIFs, one of each per maze "
+                      "(default: %(default)s)")
     analyze = commands.add_parser("analyze", help="profile a model and write a report (Markdown, JSON, PNG)")
     analyze.add_argument("target", nargs="?", default="world",
                          help="'world' (the bundled world model) or package.module:factory, a function returning "
@@ -159,7 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
     _require("hero_world")
     from hero_world.checkpoint import WEIGHTS_DIR, WeightsError
     from hero_world.data import HELD_OUT_SEEDS
-    from hero_world.demo import demo, report, save_json, write_strip
+    from hero_world.demo import ROW_LABELS, demo, report, save_json, write_images
     from hero_world.rollout import GUIDANCE
 
     if args.seeds > len(HELD_OUT_SEEDS):  # the demo would silently roll out fewer
@@ -171,11 +174,13 @@ def _demo(args: argparse.Namespace) -> int:
     except WeightsError as error:
         raise _CommandError(str(error)) from None
     print(report(result))
+    images = write_images(result, args.out)
+    print(f"images in {args.out}/: a PNG strip per maze (rows: {', '.join(ROW_LABELS)}; predicted frames left to "
+          f"right) and an animated GIF of the same: {', '.join(p.name for p in images)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)  # as --out creates its folder
-        save_json(result, args.json)
-    if args.out:
-        print(f"strips written to {write_strip(result, args.out)}")
+        save_json({**result, "images": [str(p) for p in images]}, args.json)
+        print(f"figures written to {args.json}")
     return 0
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from hero_compile.variability import VariabilityProfile
+if TYPE_CHECKING:  # torch-free at import, so that the command line's --help does not wait for torch
+    from hero_compile.variability import VariabilityProfile
 
 Lowering = Literal["inductor", "aot_eager", "eager"]
 CacheTarget = Literal["residual", "output"]
@@ -20,7 +23,8 @@ _KV_SOURCES = ("current", "cache")
 
 @dataclass(frozen=True)
 class HeroConfig:
-    """How HERO accelerates a denoiser. Every field is validated; a wrong value raises ``ValueError``.
+    """How HERO accelerates a denoiser. Every field is validated; a wrong value raises ``ValueError``, an unknown
+    field ``TypeError`` naming the closest one.
 
     Attributes:
         token_refresh: ``True`` recomputes a rotating subset of each shallow block's tokens on cheap steps;
@@ -80,6 +84,11 @@ class HeroConfig:
     lowering: Lowering = "inductor"
     enabled: bool = True
 
+    def __new__(cls, *args: Any, **fields: Any) -> HeroConfig:
+        # A misspelled field would otherwise be Python's bare "unexpected keyword argument", with no suggestion.
+        _reject_unknown(fields, TypeError)
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         _check(isinstance(self.refresh_ratio, (int, float)) and not isinstance(self.refresh_ratio, bool)
                and 0.0 < self.refresh_ratio <= 1.0,
@@ -94,7 +103,7 @@ class HeroConfig:
                "final_full_steps", self.final_full_steps, "an int >= 0")
         _check(self.split == "auto" or (_is_int(self.split) and self.split >= 0),
                "split", self.split, "'auto' or an int >= 0")
-        _check(self.profile is None or isinstance(self.profile, (str, os.PathLike, VariabilityProfile)),
+        _check(self.profile is None or isinstance(self.profile, (str, os.PathLike)) or _is_profile(self.profile),
                "profile", self.profile, "None, a path or a VariabilityProfile")
         _check(_is_int(self.profile_steps) and self.profile_steps >= 2,
                "profile_steps", self.profile_steps, "an int >= 2")
@@ -113,10 +122,34 @@ class HeroConfig:
 
     def replace(self, **changes: Any) -> HeroConfig:
         """A copy with ``changes`` applied (validated like the constructor)."""
-        unknown = sorted(set(changes) - set(self.field_names()))
-        if unknown:
-            raise ValueError(f"unknown HeroConfig field(s) {unknown}; valid fields are {list(self.field_names())}")
+        _reject_unknown(changes, ValueError)
         return dataclasses.replace(self, **changes)
+
+
+def unknown_names_message(kind: str, names: Iterable[str], valid: Sequence[str], also_valid: str = "",
+                          more_valid: Iterable[str] = ()) -> str:
+    """``unknown option 'intervall'; did you mean 'interval'? valid: ...``: the closest of ``valid`` is suggested,
+    else the closest of ``more_valid``, which is not listed (Inductor's hundreds of config keys: ``also_valid``
+    names them)."""
+    more = list(more_valid)
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, valid, n=1) or difflib.get_close_matches(name, more, n=1)
+        parts.append(f"unknown {kind} {name!r}" + (f"; did you mean {close[0]!r}?" if close else ";"))
+    return f"{' '.join(parts)} valid: {', '.join(valid)}{also_valid}"
+
+
+def _reject_unknown(names: Iterable[str], error: type[Exception]) -> None:
+    unknown = sorted(set(names) - set(HeroConfig.field_names()))
+    if unknown:
+        raise error(unknown_names_message("HeroConfig field", unknown, HeroConfig.field_names()))
+
+
+def _is_profile(value: object) -> bool:
+    # Imported only for a value that is neither None nor a path: the module needs torch.
+    from hero_compile.variability import VariabilityProfile
+
+    return isinstance(value, VariabilityProfile)
 
 
 def _is_int(value: object) -> bool:

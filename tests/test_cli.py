@@ -5,6 +5,9 @@ the values that are accepted, stops) before any work."""
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +151,24 @@ def test_help_shows_the_defaults(command: str, capsys: pytest.CaptureFixture[str
                 "analyze": ["(default: hero-analysis)", "(default: world)", "(default: inductor)"],
                 "bench": ["(default: world,dit,cogvideox)", "(default: hero-bench)", "default: 3, 1 with --quick"]}
     assert all(snippet in text for snippet in expected[command])
+
+
+# Every help in a fresh interpreter, through the module's own entry (what ``python -m hero_compile.cli`` runs).
+HELP_WITHOUT_TORCH = """
+import contextlib, io, json, runpy, sys
+for argv in (["--help"], ["demo", "--help"], ["analyze", "--help"], ["bench", "--help"]):
+    sys.argv = ["hero-compile", *argv]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        runpy.run_module("hero_compile.cli", run_name="__main__")
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy", "hero_world", "hero_bench"))))
+"""
+
+
+def test_help_imports_neither_torch_nor_the_tools() -> None:
+    # --help must answer at once: torch alone takes seconds to import.
+    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH], capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_defaults_and_frozen() -> None:
 
 def test_replace_rejects_unknown_fields_and_keeps_the_original() -> None:
     config = HeroConfig(interval=4)
-    with pytest.raises(ValueError, match=r"nope.*valid fields"):
+    with pytest.raises(ValueError, match=r"nope.*valid: token_refresh"):
         config.replace(nope=1)
     with pytest.raises(ValueError, match="bogus"):
         config.replace(interval=2, bogus=True)
@@ -130,6 +130,23 @@ def test_resolve_options_mode_gives_inductor_mode_patches() -> None:
     assert inductor == {**list_mode_options(mode), "max_autotune": False}
 
 
+def test_a_misspelled_field_names_the_closest_one() -> None:
+    with pytest.raises(TypeError, match=r"^unknown HeroConfig field 'intervall'; did you mean 'interval'\? valid: "):
+        HeroConfig(intervall=3)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match=r"^unknown HeroConfig field 'refresh_ration'; did you mean 'refresh_ratio'"):
+        HeroConfig().replace(refresh_ration=0.5)
+
+
+def test_a_misspelled_option_names_the_closest_field_or_inductor_key() -> None:
+    with pytest.raises(ValueError, match=r"^unknown option 'intervall'; did you mean 'interval'\? valid: .*"
+                                         r"enabled, or any Inductor config key$"):
+        resolve_options(HeroConfig(), {"intervall": 4}, None)
+    with pytest.raises(ValueError, match=r"^unknown option 'max_autotun'; did you mean 'max_autotune'\?"):
+        resolve_options(HeroConfig(), {"max_autotun": True}, None)
+    with pytest.raises(ValueError, match=r"^unknown option 'zzzzzz'; valid: "):
+        resolve_options(HeroConfig(), {"zzzzzz": 1}, None)
+
+
 def test_resolve_options_rejects_unknown_keys_and_bad_values() -> None:
     with pytest.raises(ValueError, match="nope"):
         resolve_options(HeroConfig(), {"nope": 1, "interval": 2}, None)
@@ -150,10 +167,12 @@ def test_backend_rejects_unexpected_keyword_arguments(capture) -> None:  # type:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_unknown_compile_option_fails_naming_it() -> None:
+def test_a_misspelled_compile_option_fails_at_the_first_call_with_the_closest_field() -> None:
+    # torch.compile hands a backend its options only with the first graph: the earliest hero can check them.
     model = StackModel(depth=2)
-    compiled = torch.compile(model, backend=hero_compile.backend(HeroConfig(lowering="aot_eager")), options={"nope": 1})
-    with pytest.raises(Exception, match="nope"):
+    compiled = torch.compile(model, backend=hero_compile.backend(HeroConfig(lowering="aot_eager")),
+                             options={"intervall": 4})
+    with pytest.raises(Exception, match=r"unknown option 'intervall'; did you mean 'interval'\?"):
         euler(compiled, torch.randn(1, 3, 4), 1)
 
 
