@@ -138,7 +138,8 @@ def _measure(report: AnalysisReport, model: torch.nn.Module, sampler: Sampler, c
              phase: Callable[[str], None]) -> None:
     """The profile, the split, the FLOPs and the clock (phases 2 to 4)."""
     phase("variability profile")
-    profiled = HeroBackend(config.replace(profile_steps=10**9, lowering="eager"))
+    # Residual caching: with output caching a split may change nothing, and then no profile is measured.
+    profiled = HeroBackend(config.replace(profile_steps=10**9, lowering="eager", cache_target="residual"))
     sampler(torch.compile(model, backend=profiled, fullgraph=True))
     report.profile = _whole_generation_profile(profiled)
     # The split a runtime with this config would fix: from the first profile_steps steps only.

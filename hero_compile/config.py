@@ -42,7 +42,8 @@ class HeroConfig:
             1 disables acceleration; larger is faster and drifts further from full compute.
         final_full_steps: the last steps of a generation computed in full (>= 0), where fine detail forms.
             Applied once the generation's length is known: from the previous generation with the same
-            timestep schedule.
+            timestep schedule, so the first generation differs from the next ones. 0 by default: every
+            generation with the same inputs gives the same output (measured cost in docs/results.md).
         split: index of the first deep block (extrapolated on cheap steps), or ``"auto"`` to choose it from
             the blocks' measured temporal variability (``hero_compile.variability``). 0 extrapolates the whole
             stack; the block count extrapolates nothing.
@@ -74,7 +75,7 @@ class HeroConfig:
     patch_size: int = 2
     warmup_steps: int = 2
     interval: int = 3
-    final_full_steps: int = 1
+    final_full_steps: int = 0
     split: int | Literal["auto"] = "auto"
     profile: str | os.PathLike[str] | VariabilityProfile | None = None
     profile_steps: int = 4

@@ -94,6 +94,11 @@ class VariantBuilder:
         if self.config.split != "auto":
             self.stats.split_reason = "set by HeroConfig.split"
             return HeroRuntime(self.config, roles, self.stats, variants=self.build(int(self.config.split)))
+        if self._split_changes_nothing():
+            # Measuring would only cost the first generation its cheap steps, and make it differ from the next.
+            self.stats.split_reason = ("output caching runs no shallow block on cheap steps: every split gives the "
+                                       "same variants, so none is measured")
+            return HeroRuntime(self.config, roles, self.stats, variants=self.build(0))
         if profile is not None:
             source = _describe_profile(self.config)
             self.stats.split_reason = f"read from profile {source}: {SPLIT_RULE}"
@@ -106,6 +111,23 @@ class VariantBuilder:
             build=self.build_measured,
         )
         return HeroRuntime(self.config, roles, self.stats, measurement=measurement)
+
+    def _split_changes_nothing(self) -> bool:
+        """Whether every split gives the same variants: with output caching, when nothing but the deep blocks
+        reads the shallow blocks' outputs, a cheap step runs none of them (the postlude reads the extrapolated
+        stack output) and the caches hold the stack output, wherever the split is. Checked at the largest split,
+        where the most shallow outputs could be read."""
+        stack = self.stack
+        assert stack is not None
+        if self.config.cache_target != "output" or len(stack.blocks) < 2:
+            return False
+        last = len(stack.blocks) - 1
+        try:
+            segment = plan_deep_segment(self.gm, stack, last, "output", self.config.extrapolation_order + 1)
+        except RewriteUnsupported:
+            return False
+        alive = {node.name for node in without_dead_code(extrapolate_deep_segment(self.gm, segment)).graph.nodes}
+        return not any(name in alive for block in stack.blocks[:last] for name in block.nodes)
 
     def _saved_profile(self) -> VariabilityProfile | None:
         profile = self.config.profile

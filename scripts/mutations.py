@@ -2,6 +2,7 @@
 
 Loaded as a pytest plugin (``-p mutations``): the breakage named by ``HERO_MUTATION`` is applied when pytest
 imports this module, before any test compiles a model. Each breakage is a small monkeypatch; none is in the library.
+Tests marked ``quality_bar`` that do not name the breakage are deselected (``scripts/calibrate_bars.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from hero_compile import runtime
 from hero_compile.passes import refresh
@@ -23,6 +26,24 @@ def coefficient_sign_flipped() -> None:
         return [weights[0], -weights[1], *weights[2:]] if len(weights) > 1 else weights
 
     runtime.extrapolation_coefficients = flipped
+
+
+def extrapolation_off() -> None:
+    """Cheap steps copy the last full step's cached features: extrapolation silently of order 0."""
+    original = runtime.extrapolation_coefficients
+
+    def latest_only(*args: Any, **kwargs: Any) -> list[float]:
+        weights = original(*args, **kwargs)
+        return [1.0] + [0.0] * (len(weights) - 1)
+
+    runtime.extrapolation_coefficients = latest_only
+
+
+def deep_blocks_dropped() -> None:
+    """Cheap steps predict nothing for the deep segment: every Lagrange weight is zero. With residual caching the
+    deep blocks are simply removed; with output caching their features are zeros."""
+    original = runtime.extrapolation_coefficients
+    runtime.extrapolation_coefficients = lambda *args, **kwargs: [0.0] * len(original(*args, **kwargs))
 
 
 def refresh_scatter_dropped() -> None:
@@ -78,9 +99,24 @@ def state_shared_by_all_weights() -> None:
 
 
 MUTATIONS: dict[str, Callable[[], None]] = {
-    f.__name__: f for f in (coefficient_sign_flipped, refresh_scatter_dropped, cfg_slots_swapped,
-                            refresh_cache_not_updated, history_not_updated, state_shared_by_all_weights)
+    f.__name__: f
+    for f in (coefficient_sign_flipped, extrapolation_off, deep_blocks_dropped, refresh_scatter_dropped,
+              cfg_slots_swapped, refresh_cache_not_updated, history_not_updated, state_shared_by_all_weights)
 }
 
 if os.environ.get("HERO_MUTATION"):
     MUTATIONS[os.environ["HERO_MUTATION"]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep only the quality bars that claim to catch the applied breakage (other tests are left alone)."""
+    breakage = os.environ.get("HERO_MUTATION")
+    if not breakage:
+        return
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("quality_bar")
+        (dropped if marker is not None and breakage not in marker.args else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -42,6 +42,30 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hero"))
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "shared_compile: the module shares compiled models; no Dynamo reset per test")
+    config.addinivalue_line("markers", "quality_bar(*breakages): a PSNR bar that fails under each named breakage "
+                            "of scripts/mutations.py (checked by scripts/calibrate_bars.py)")
+
+
+# The breakages (scripts/mutations.py) a bar on a generation with extrapolated deep blocks must catch.
+BAD_EXTRAPOLATION = ("extrapolation_off", "history_not_updated", "deep_blocks_dropped")
+
+
+def assert_bar_separates(measured: float, bar: float, broken: float) -> None:
+    """``measured`` clears ``bar`` and ``broken`` (the same measure of a deliberately broken method, run in the
+    test) does not: a bar that a broken method also clears could not fail."""
+    assert broken < bar, f"the bar of {bar:.1f} dB cannot fail: a broken method reaches {broken:.1f} dB"
+    assert measured >= bar, f"{measured:.1f} dB is below the bar of {bar:.1f} dB (a broken method: {broken:.1f})"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under ``CI=true`` every test must run: a skip (an optional dependency such as diffusers missing from the
+    environment) fails the run instead of passing it with whole modules unseen."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if os.environ.get("CI") == "true" and skipped:
+        reporter.write_line(f"CI=true: {len(skipped)} skipped (a missing dependency?): "
+                            + "; ".join(str(report.longrepr) for report in skipped[:3]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def fresh_dynamo() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Recorder, assert_no_recompiles, fresh_dynamo, recompile_report
+from conftest import BAD_EXTRAPOLATION, Recorder, assert_no_recompiles, fresh_dynamo, recompile_report
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from models import (
@@ -151,10 +151,9 @@ def test_generation_stats(dit_run: SimpleNamespace) -> None:
     (graph,) = dit_run.stats.graphs
     assert graph.accelerated
     assert len(graph.blocks) == 12 and graph.blocks[0].endswith("blocks.0")
-    # split="auto": measured during the first generation's first profile_steps steps
-    assert len(graph.variability) == 12 and all(v > 0 for v in graph.variability)
-    assert graph.split == split_from_variability(graph.variability)
-    assert graph.split_reason is not None and graph.split_reason.startswith("profiled over steps [1, 2, 3]")
+    # split="auto" with output caching: a cheap step runs no shallow block whatever the split, so none is measured
+    assert graph.split == 0 and not graph.variability
+    assert graph.split_reason is not None and graph.split_reason.startswith("output caching runs no shallow block")
     assert len(graph.deep_streams) == 1
     assert graph.timestep_input is not None and "timestep" in graph.timestep_input
     assert graph.generations == 2
@@ -169,13 +168,31 @@ def test_generation_stats(dit_run: SimpleNamespace) -> None:
 def test_generation_follows_the_schedule(dit_run: SimpleNamespace) -> None:
     config = dit_run.config
     first, second, after_reset, _ = ([c.full for c in calls] for calls in dit_run.calls)
-    # the first generation's first steps measure the variability profile, in full
-    assert first == [s < config.profile_steps or is_full_step(s, config, None) for s in range(30)]
-    # the second generation knows its length from the first: its final steps are full
+    # no profile to measure: the first generation follows the schedule from its first step
+    assert first == [is_full_step(s, config, None) for s in range(30)]
+    # the second generation knows its length from the first (final_full_steps would apply)
     assert second == [is_full_step(s, config, 30) for s in range(30)]
-    assert second[-1] and not first[-1]
-    # reset() forgets the learned length but keeps the measured split
     assert after_reset == [is_full_step(s, config, None) for s in range(30)]
+
+
+def test_every_generation_with_the_defaults_is_the_same(dit_run: SimpleNamespace) -> None:
+    first, second, after_reset, after_second_reset = dit_run.results
+    assert torch.equal(first, second) and torch.equal(first, after_reset) and torch.equal(first, after_second_reset)
+
+
+def test_residual_caching_measures_the_split_over_the_first_steps() -> None:
+    backend = HeroBackend(AOT.replace(cache_target="residual"))
+    recorder = Recorder(torch.compile(make_dit(DIT12), backend=backend, fullgraph=True), backend)
+    with torch.no_grad():
+        flow_matching_sample(recorder, dit_noise(DIT12), steps=12)
+    (graph,) = backend.stats().graphs
+    config = backend.config
+    # the first profile_steps steps run the measuring variant, in full; then the split is fixed
+    assert [c.full for c in recorder.take()] == [s < config.profile_steps or is_full_step(s, config, None)
+                                                  for s in range(12)]
+    assert len(graph.variability) == 12 and all(v > 0 for v in graph.variability)
+    assert graph.split == split_from_variability(graph.variability)
+    assert graph.split_reason is not None and graph.split_reason.startswith("profiled over steps [1, 2, 3]")
 
 
 def test_full_steps_equal_the_plain_model(dit_run: SimpleNamespace) -> None:
@@ -190,17 +207,34 @@ def test_full_steps_equal_the_plain_model(dit_run: SimpleNamespace) -> None:
 
 
 def test_reset_reproduces_a_generation_bit_for_bit(dit_run: SimpleNamespace) -> None:
-    _, second, after_reset, after_second_reset = dit_run.results
+    _, _, after_reset, after_second_reset = dit_run.results
     assert torch.equal(after_second_reset, after_reset)
     for a, b in zip(dit_run.calls[2], dit_run.calls[3]):
         assert torch.equal(a.output, b.output)
-    # without reset the learned schedule changed the second generation (its last step ran in full)
-    assert not torch.equal(second, after_reset)
 
 
+def test_a_learned_length_runs_the_final_steps_in_full() -> None:
+    """With final_full_steps, the second generation of a schedule runs its last step in full (the first cannot
+    know it is the last); reset() forgets the length."""
+    backend = HeroBackend(AOT.replace(final_full_steps=1))
+    recorder = Recorder(torch.compile(make_dit(DIT12), backend=backend, fullgraph=True), backend)
+    schedules = []
+    with torch.no_grad():
+        for reset in (False, False, True):
+            if reset:
+                backend.reset()
+            flow_matching_sample(recorder, dit_noise(DIT12), steps=30)
+            schedules.append([c.full for c in recorder.take()])
+    config = backend.config
+    assert schedules == [[is_full_step(s, config, total) for s in range(30)] for total in (None, 30, None)]
+    assert schedules[1][-1] and not schedules[0][-1]
+
+
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_generation_quality(dit_run: SimpleNamespace) -> None:
     for result in dit_run.results:
-        assert psnr_over_reference_range(result, dit_run.reference) >= 30.0
+        # measured 64.1 dB; 55.1 with extrapolation off (scripts/calibrate_bars.py)
+        assert psnr_over_reference_range(result, dit_run.reference) >= 60.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,6 +281,7 @@ def cfg_setup() -> SimpleNamespace:
     return SimpleNamespace(model=model, noise=noise, context=context, reference=reference)
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION, "cfg_slots_swapped")
 def test_two_call_cfg_equals_separate_backends(cfg_setup: SimpleNamespace) -> None:
     model = cfg_setup.model
     backend = HeroBackend(AOT)
@@ -255,7 +290,8 @@ def test_two_call_cfg_equals_separate_backends(cfg_setup: SimpleNamespace) -> No
     calls = recorder.take()
     (graph,) = backend.stats().graphs
     assert graph.generations == 1 and graph.cheap_calls > 0
-    assert psnr_over_reference_range(result, cfg_setup.reference) >= 30.0
+    # measured 60.2 dB; 49.4 with extrapolation off, 29.2 with the CFG slots swapped
+    assert psnr_over_reference_range(result, cfg_setup.reference) >= 55.0
 
     # replay each branch's exact inputs through its own backend: same decisions, same outputs
     for branch in (0, 1):
@@ -274,6 +310,7 @@ def test_two_call_cfg_equals_separate_backends(cfg_setup: SimpleNamespace) -> No
     assert [c.full for c in calls[0::2]] == [c.full for c in calls[1::2]]
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_batched_cfg_runs_cheap_steps(cfg_setup: SimpleNamespace) -> None:
     backend = HeroBackend(AOT)
     compiled = torch.compile(cfg_setup.model, backend=backend, fullgraph=True)
@@ -281,7 +318,8 @@ def test_batched_cfg_runs_cheap_steps(cfg_setup: SimpleNamespace) -> None:
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_calls > 0 and graph.generations == 1
     assert graph.full_calls + graph.cheap_calls == 20
-    assert psnr_over_reference_range(result, cfg_setup.reference) >= 30.0
+    # measured 60.2 dB; 49.4 with extrapolation off
+    assert psnr_over_reference_range(result, cfg_setup.reference) >= 55.0
     # same HERO decisions as two calls per step: the results agree up to rounding
     fresh_dynamo()
     compiled = torch.compile(cfg_setup.model, backend=HeroBackend(AOT))
@@ -308,6 +346,7 @@ def test_alike_shapes_are_what_they_claim() -> None:
     assert c.tokens == c.frames == 4
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 @pytest.mark.parametrize("name", list(ALIKE))
 def test_alike_shapes_run_correctly(name: str) -> None:
     config = ALIKE[name]
@@ -326,7 +365,8 @@ def test_alike_shapes_run_correctly(name: str) -> None:
     result = euler(torch.compile(model, backend=default, fullgraph=True), noise, 20)
     (graph,) = default.stats().graphs
     assert graph.accelerated and graph.cheap_calls > 0
-    assert psnr_over_reference_range(result, reference) >= 30.0
+    # measured 62.5-63.0 dB; 51.2-52.2 with extrapolation off
+    assert psnr_over_reference_range(result, reference) >= 57.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,6 +381,7 @@ DUAL_STREAM_VARIANTS = {
 }
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 @pytest.mark.parametrize("variant", DUAL_STREAM_VARIANTS.values(), ids=DUAL_STREAM_VARIANTS.keys())
 def test_dual_stream_model(variant: dict[str, Any]) -> None:
     model = DualStreamTransformer(depth=6, **variant)
@@ -360,7 +401,8 @@ def test_dual_stream_model(variant: dict[str, Any]) -> None:
     assert len(graph.blocks) == 6 and len(graph.tail_blocks) == variant.get("single_depth", 0)
     # the streams leaving the deep segment: the video stream, plus the text stream when the postlude reads it
     assert len(graph.deep_streams) == (2 if variant.get("joint_final") else 1)
-    assert psnr_over_reference_range(result, reference) >= 30.0
+    # measured 67.2-77.0 dB; 51.8-56.5 with extrapolation off
+    assert psnr_over_reference_range(result, reference) >= 62.0
 
 
 @pytest.mark.parametrize("variant", DUAL_STREAM_VARIANTS.values(), ids=DUAL_STREAM_VARIANTS.keys())
@@ -379,6 +421,11 @@ def test_dual_stream_cheap_step_repeats_last_full_output(variant: dict[str, Any]
     assert_cheap_calls_repeat_last_full(calls)
 
 
+# measured 54.4 and 63.3 dB; 51.1 and 55.4 with extrapolation off
+DATA_DEPENDENT_BAR = {"output": 53.0, "residual": 59.0}
+
+
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 @pytest.mark.parametrize("cache_target", ["output", "residual"])
 def test_blocks_with_data_dependent_sizes_accelerate(cache_target: str) -> None:
     """Blocks that pack values with ``nonzero()`` (as Mochi's attention packs its text tokens): the deep ones are
@@ -394,11 +441,12 @@ def test_blocks_with_data_dependent_sizes_accelerate(cache_target: str) -> None:
     assert graph.accelerated, graph.fallback_reason
     assert graph.cheap_calls > 0 and graph.generations == 2
     reference = euler(model, noise, 12)
-    assert all(psnr_over_reference_range(result, reference) >= 30.0 for result in results)
+    assert all(psnr_over_reference_range(result, reference) >= DATA_DEPENDENT_BAR[cache_target] for result in results)
     if cache_target == "residual":  # the shallow blocks run in full on cheap steps, nonzero() included
         assert all("depends on data" in why for why in graph.refresh_skipped.values()), graph.refresh_skipped
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_single_stream_tail_with_residual_caching_accelerates() -> None:
     """With residual caching each stream leaving the tail is predicted as the deep segment's input of the same
     shape plus an extrapolated residual; one graph, cheap steps, close to full compute."""
@@ -409,9 +457,11 @@ def test_single_stream_tail_with_residual_caching_accelerates() -> None:
     result = euler(torch.compile(model, backend=backend, fullgraph=True), noise, 20, text)
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_calls > 0 and len(graph.tail_blocks) == 3
-    assert psnr_over_reference_range(result, euler(model, noise, 20, text)) >= 30.0
+    # measured 80.1 dB; 60.2 with extrapolation off
+    assert psnr_over_reference_range(result, euler(model, noise, 20, text)) >= 70.0
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_batch_size_change_recompiles_to_a_dynamic_graph_that_accelerates() -> None:
     model = make_dit(DIT12)
     backend = HeroBackend(AOT)
@@ -423,7 +473,8 @@ def test_batch_size_change_recompiles_to_a_dynamic_graph_that_accelerates() -> N
     static, dynamic = backend.stats().graphs
     assert static.cheap_calls > 0 and static.generations == 1
     assert dynamic.accelerated and dynamic.cheap_calls > 0 and dynamic.generations == 1
-    assert psnr_over_reference_range(result, euler(model, noise, 12)) >= 30.0
+    # measured 57.7 dB; 48.5 with extrapolation off (scripts/calibrate_bars.py)
+    assert psnr_over_reference_range(result, euler(model, noise, 12)) >= 53.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -446,17 +497,12 @@ def test_default_backend_by_name() -> None:
     assert graph.accelerated and graph.cheap_calls > 0 and graph.generations == 1
     assert DEFAULT_BACKEND.config == HeroConfig(), "options must not leak into the default backend's config"
 
-    # a second generation learns the length and runs its final step in full, so it differs ...
+    # every generation with the same inputs is the same, with or without hero_compile.reset() between them
     second = euler(compiled, noise, 12)
-    assert graph.generations == 2
-    assert not torch.equal(second, first)
-    # ... while hero_compile.reset() forgets it (the measured split stays): one generation again, bit for bit
     hero_compile.reset()
     third = euler(compiled, noise, 12)
-    hero_compile.reset()
-    fourth = euler(compiled, noise, 12)
-    assert graph.generations == 4
-    assert torch.equal(fourth, third) and not torch.equal(third, second)
+    assert graph.generations == 3
+    assert torch.equal(second, first) and torch.equal(third, first)
     assert len(hero_compile.stats().graphs) == graphs_before + 1
 
 
@@ -564,7 +610,9 @@ def reference_outputs(
     "cache_target",
     ["residual", "output"],
 )
-@settings(max_examples=6, phases=NO_SHRINK)
+# Not derandomized: each run draws new combinations of the 72, so the runs cover all of them over time (a fixed
+# seed ran the same 12 forever). A failure prints the example to reproduce.
+@settings(max_examples=6, phases=NO_SHRINK, derandomize=False, print_blob=True)
 @given(split=st.integers(0, REWRITE_DEPTH - 1), order=st.integers(0, 2), warmup=st.integers(1, 3))
 def test_rewrite_matches_reference(split: int, cache_target: str, order: int, warmup: int) -> None:
     model = StackModel(depth=REWRITE_DEPTH, width=16)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_no_recompiles, fresh_dynamo, recompile_report
+from conftest import BAD_EXTRAPOLATION, assert_no_recompiles, fresh_dynamo, recompile_report
 from models import euler
 
 from hero_compile import HeroBackend, HeroConfig
@@ -130,6 +130,7 @@ def generate(case: Case, model: torch.nn.Module) -> torch.Tensor:
 TAILS = {"flux": "single_transformer_blocks", "hunyuan_video": "single_transformer_blocks"}
 """Models with a second stack after the first, skipped with the deep blocks on cheap steps."""
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hero_defaults_accelerate_the_model_in_one_graph(name: str) -> None:
     torch.manual_seed(0)
@@ -176,14 +177,22 @@ def test_disabled_equals_plain_inductor(name: str, plain_inductor: dict[str, tor
     assert disabled.stats().graphs[0].fallback_reason == "disabled by HeroConfig.enabled=False"
 
 
-def test_cogvideox_defaults_under_inductor(plain_inductor: dict[str, torch.Tensor]) -> None:
-    """The architecture of the Aether world model, with real Inductor lowering: the defaults accelerate two
-    generations in one graph."""
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
+@pytest.mark.parametrize("config", [HeroConfig(), HeroConfig(cache_target="residual")], ids=["defaults", "hierarchy"])
+def test_cogvideox_under_inductor(config: HeroConfig, plain_inductor: dict[str, torch.Tensor]) -> None:
+    """The architecture of the Aether world model, with real Inductor lowering, two generations in one graph: the
+    defaults (output caching, nothing to measure: both generations equal) and HERO's hierarchy (the split measured
+    by the measuring variant over the first steps, the shallow blocks refreshed)."""
     case, plain = plain_inductor_generation("cogvideox", plain_inductor)
-    backend = HeroBackend()
+    backend = HeroBackend(config)
     compiled = torch.compile(case.model, backend=backend, fullgraph=True)
     results = [generate(case, compiled) for _ in range(2)]
     assert_no_recompiles(recompile_report())
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_calls > 0 and graph.generations == 2
+    if config.cache_target == "residual":
+        assert graph.split_reason is not None and graph.split_reason.startswith("profiled over steps")
+        assert graph.tokens_refreshed_per_cheap_step, graph.refresh_skipped
+    else:
+        assert torch.equal(results[0], results[1])
     assert all(psnr_over_reference_range(result, plain) > 30 for result in results)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import recompile_report
+from conftest import BAD_EXTRAPOLATION, recompile_report
 
 from hero_compile import HeroBackend, HeroConfig
 from hero_compile.measurement import psnr_over_reference_range
@@ -62,6 +62,7 @@ def references() -> dict[tuple[int, int], torch.Tensor]:
     return {(frames, steps): generate(pipe, frames, steps) for frames, steps in ((9, 12), (9, 8), (5, 12))}
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION, "cfg_slots_swapped")
 @pytest.mark.parametrize("two_calls", [False, True], ids=["batched guidance", "guidance as two calls"])
 def test_pipeline_generations_with_new_step_and_frame_counts(
     two_calls: bool, references: dict[tuple[int, int], torch.Tensor]

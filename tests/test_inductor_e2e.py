@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import Recorder, assert_no_recompiles, fresh_dynamo, recompile_report
+from conftest import BAD_EXTRAPOLATION, Recorder, assert_no_recompiles, fresh_dynamo, recompile_report
 
 from hero_compile import HeroBackend, HeroConfig
 from hero_compile.measurement import psnr_over_reference_range
@@ -91,12 +91,13 @@ def test_generation_one_graph_no_recompiles(e2e: SimpleNamespace) -> None:
     (graph,) = e2e.stats.graphs
     assert graph.accelerated and graph.generations == 2
     assert graph.cheap_calls > 0 and graph.full_calls + graph.cheap_calls == 2 * STEPS
-    # the first generation measures the variability profile in full before the split is fixed
-    profiling = e2e.config.profile_steps
-    assert [c.full for c in e2e.calls[0]] == [s < profiling or is_full_step(s, e2e.config, None) for s in range(STEPS)]
+    # the defaults measure no profile (output caching: the split changes nothing); both generations are equal
+    assert [c.full for c in e2e.calls[0]] == [is_full_step(s, e2e.config, None) for s in range(STEPS)]
     assert [c.full for c in e2e.calls[1]] == [is_full_step(s, e2e.config, STEPS) for s in range(STEPS)]
+    assert torch.equal(e2e.results[0], e2e.results[1])
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_generation_quality(e2e: SimpleNamespace) -> None:
     for result in e2e.results:
         assert psnr_over_reference_range(result, e2e.reference) >= 30.0

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from refresh_models import STYLES, StyledTransformer
+from test_reference import AOT_TOLERANCE, check
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -188,6 +189,7 @@ def test_token_grid_is_read_from_the_patch_embedding() -> None:
     assert stats.tokens_refreshed_per_cheap_step == {"blocks.0": 12, "blocks.1": 12}
 
 
+@pytest.mark.quality_bar("history_not_updated", "deep_blocks_dropped", "refresh_scatter_dropped")
 def test_whole_generation_with_refresh_and_extrapolation_is_one_graph() -> None:
     torch._dynamo.reset()
     counters.clear()
@@ -205,7 +207,8 @@ def test_whole_generation_with_refresh_and_extrapolation_is_one_graph() -> None:
     assert graph.generations == 2 and graph.cheap_calls > 0
     assert graph.split is not None and graph.split >= 1
     assert graph.tokens_refreshed_per_cheap_step == {f"blocks.{i}": 8 for i in range(graph.split)}
-    assert psnr_over_reference_range(first, reference) > 30
+    # measured 60.1 dB; 57.0 with the refresh scatter dropped, 57.5 with a stale history
+    assert psnr_over_reference_range(first, reference) >= 58.5
 
 
 def cheap_graph(backend: hero_compile.HeroBackend) -> torch.fx.GraphModule:
@@ -231,9 +234,6 @@ def test_attention_stays_one_fused_call_per_block(style: str) -> None:
 
 
 def test_token_refresh_off_runs_shallow_blocks_in_full() -> None:
-    model = make_dit(DiTConfig(depth=3, hidden=32, heads=2, frames=1, height=8, width=8))
-    noise = torch.randn(1, 4, 1, 8, 8)
-    config = HeroConfig(token_refresh=False, split=1, **REFRESH_ONLY)
-    outputs, expected, stats = run_steps(model, config, (noise,), [900.0, 800.0])
-    assert stats.cheap_calls == 1 and stats.tokens_refreshed_per_cheap_step == {}
-    torch.testing.assert_close(outputs[0], expected[0], atol=1e-5, rtol=1e-5)
+    """Residual caching with refresh off: no block is refreshed, and every cheap call equals the reference's cheap
+    step that runs the shallow blocks in full (a refreshed subset would differ from it)."""
+    check("dit", "aot_eager", AOT_TOLERANCE, token_refresh=False, cache_target="residual")

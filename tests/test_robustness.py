@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import assert_no_recompiles, fresh_dynamo, recompile_report
+from conftest import BAD_EXTRAPOLATION, assert_no_recompiles, fresh_dynamo, recompile_report
 from models import StackModel
 
 import hero_compile
@@ -31,6 +31,7 @@ def stack_generation(model: Callable[..., torch.Tensor], x: torch.Tensor) -> tor
     return x
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_inference_mode_generation_is_accelerated_in_one_graph() -> None:
     model = make_dit(DIT)
     backend = HeroBackend(AOT)
@@ -41,9 +42,11 @@ def test_inference_mode_generation_is_accelerated_in_one_graph() -> None:
     assert_no_recompiles(recompile_report())
     (graph,) = backend.stats().graphs
     assert graph.cheap_calls > 0 and graph.generations == 2
-    assert all(psnr_over_reference_range(r, reference) > 30 for r in results)
+    # measured 66.0 dB; 51.3 with extrapolation off
+    assert all(psnr_over_reference_range(r, reference) >= 58 for r in results)
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_generation_is_accelerated(dtype: torch.dtype) -> None:
     model = make_dit(DIT).to(dtype)
@@ -55,9 +58,11 @@ def test_low_precision_generation_is_accelerated(dtype: torch.dtype) -> None:
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_calls > 0
     assert result.dtype == dtype
-    assert psnr_over_reference_range(result.float(), reference.float()) > 25
+    # measured 59.4 (bf16) and 65.5 dB (fp16); 50.4 and 51.3 with extrapolation off
+    assert psnr_over_reference_range(result.float(), reference.float()) >= 55
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_dynamic_shapes_serve_every_batch_size() -> None:
     model = make_dit(DIT)
     backend = HeroBackend(AOT)
@@ -65,7 +70,8 @@ def test_dynamic_shapes_serve_every_batch_size() -> None:
     with torch.no_grad():
         for batch in (1, 3, 2):
             result = flow_matching_sample(compiled, noise(batch), 12)
-            assert psnr_over_reference_range(result, flow_matching_sample(model, noise(batch), 12)) > 30
+            # measured 60.1 dB; 47.8 with extrapolation off
+            assert psnr_over_reference_range(result, flow_matching_sample(model, noise(batch), 12)) >= 54
     # Dynamo specializes batch 1 (a 0/1 size) and serves batches 3 and 2 from one dynamic graph.
     static, dynamic = (g for g in backend.stats().graphs if g.generations)
     assert (static.generations, dynamic.generations) == (1, 2)
@@ -137,6 +143,7 @@ def test_an_exception_in_the_users_model_propagates_unchanged() -> None:
     assert str(compiled_error.value) == str(eager_error.value)
 
 
+@pytest.mark.quality_bar("history_not_updated", "deep_blocks_dropped")
 def test_max_autotune_mode_compiles_every_variant_and_accelerates() -> None:
     model = StackModel(depth=4)
     backend = HeroBackend()  # Inductor lowering: the mode's config patches reach every variant
@@ -146,4 +153,5 @@ def test_max_autotune_mode_compiles_every_variant_and_accelerates() -> None:
     assert_no_recompiles(recompile_report())
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_calls > 0
-    assert all(psnr_over_reference_range(result, stack_generation(model, x)) > 30 for result in results)
+    # measured 60.0 dB; 42.1 with a stale history (extrapolation off: 57.9, too close to tell)
+    assert all(psnr_over_reference_range(result, stack_generation(model, x)) >= 52 for result in results)

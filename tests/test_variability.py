@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import BAD_EXTRAPOLATION
 from hypothesis import given
 from hypothesis import strategies as st
 from models import DualStreamTransformer, NoStackModel, euler
@@ -22,7 +23,8 @@ from hero_compile.schedule import is_full_step
 from hero_compile.testing.dit import DiTConfig, make_dit
 from hero_compile.variability import split_from_variability
 
-AOT = HeroConfig(lowering="aot_eager")
+# Residual caching: only there does the split change what a cheap step runs, and get measured.
+AOT = HeroConfig(lowering="aot_eager", cache_target="residual")
 DIT6 = DiTConfig(depth=6, hidden=32, heads=2, frames=1, height=8, width=8)
 
 
@@ -236,6 +238,7 @@ def test_analyze_writes_valid_plots(cli_report: Path) -> None:
             image.verify()
 
 
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_analyze_json_has_the_profile_the_split_and_the_costs(cli_report: Path) -> None:
     report = json.loads((cli_report / "report.json").read_text())
     assert [b["path"] for b in report["blocks"]] == [f"blocks.{i}" for i in range(6)]
@@ -245,9 +248,12 @@ def test_analyze_json_has_the_profile_the_split_and_the_costs(cli_report: Path) 
     assert 1 <= report["split"] <= 5
     assert [b["role"] for b in report["blocks"]] == ["shallow"] * report["split"] + ["deep"] * (6 - report["split"])
     assert report["flops_cheap_call"] < report["flops_full_call"]
-    assert report["flop_speedup"] > 1.0 and report["speedup"] > 0
+    # a generation's operations are its calls' (timings are the benchmarks' business: only their presence here)
+    calls = report["full_calls"] * report["flops_full_call"] + report["cheap_calls"] * report["flops_cheap_call"]
+    assert report["flops_generation_hero"] == pytest.approx(calls, rel=1e-6) and isinstance(report["speedup"], float)
     assert report["full_calls"] + report["cheap_calls"] == 12
-    assert report["psnr_vs_full"] > 30
+    # measured 60.6 dB; 49.5 with extrapolation off
+    assert report["psnr_vs_full"] >= 55
     # the saved profile is one HeroConfig(profile=...) accepts
     assert VariabilityProfile.load(cli_report / "profile.json").blocks == tuple(b["path"] for b in report["blocks"])
     markdown = (cli_report / "report.md").read_text()

@@ -4,23 +4,27 @@ rollout under hero is one graph with no recompiles across chunks."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import fresh_dynamo
+from conftest import BAD_EXTRAPOLATION, fresh_dynamo
 from hero_world.checkpoint import WEIGHTS_DIR, WeightsError, load_world_model, weights_path
 from hero_world.data import HELD_OUT_SEEDS
 from hero_world.demo import psnr_rgb
 from hero_world.env import NUM_ACTIONS
-from hero_world.model import WorldModel
-from hero_world.rollout import rollout_scenarios, scenario
+from hero_world.model import WorldModel, WorldModelConfig
+from hero_world.rollout import Denoiser, Scenario, rollout_scenarios, scenario
 from hero_world.train import main as train_main
 from torch._dynamo.utils import counters
 
 import hero_compile
 from hero_compile import HeroConfig
+
+# hero's defaults against full compute on the world model, in dB: measured XX; the margin keeps a change of
+# the defaults from failing it, the broken variants of scripts/calibrate_bars.py fall far below.
+HERO_VS_FULL_DB = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -52,49 +56,58 @@ def test_shipped_weights_are_small_and_the_model_is_a_real_dit(model: WorldModel
     assert len(model.blocks) >= 8 and config.frames * config.tokens_per_frame >= 1024
 
 
-def psnr_against_truth(model: WorldModel, seeds: range, wrong_actions: bool = False) -> dict[str, float]:
-    """PSNR against the ground truth of rollouts (2 chunks, 12 steps, default guidance) and of copying the last
-    context frame, on held-out mazes; with ``wrong_actions`` also of rollouts with every action changed."""
+@dataclass(frozen=True)
+class HeldOut:
+    """Rollouts of every held-out maze (2 chunks, 12 steps, default guidance) with full compute, their ground
+    truth, and the copy-last-context-frame baseline."""
+
+    scenarios: list[Scenario]
+    truth: torch.Tensor
+    copy_last: torch.Tensor
+    full: torch.Tensor
+
+
+def rollouts(denoiser: Denoiser, scenarios: list[Scenario], config: WorldModelConfig) -> torch.Tensor:
+    # Batches of 16: one batch of 64 runs twice as long on 2 cores.
+    with torch.no_grad():
+        return torch.cat([rollout_scenarios(denoiser, scenarios[i : i + 16], config, steps=12)
+                          for i in range(0, len(scenarios), 16)])
+
+
+@pytest.fixture(scope="module")
+def held_out(model: WorldModel) -> HeldOut:
     config = model.config
-    scenarios = [scenario(seed, 2, config) for seed in seeds]
+    scenarios = [scenario(seed, 2, config) for seed in HELD_OUT_SEEDS]
     truth = torch.stack([s.frames[:, config.context_frames :] for s in scenarios])
     last = torch.stack([s.frames[:, config.context_frames - 1 : config.context_frames] for s in scenarios])
-    scores = {"copy_last": psnr_rgb(last.expand_as(truth), truth)}
-    with torch.no_grad():
-        # Batches of 16: one batch of 64 runs twice as long on 2 cores.
-        batches = [scenarios[i : i + 16] for i in range(0, len(scenarios), 16)]
-        scores["true"] = psnr_rgb(torch.cat([rollout_scenarios(model, b, config, steps=12) for b in batches]), truth)
-        if wrong_actions:
-            wrong = [replace(s, actions=(s.actions + 1) % NUM_ACTIONS) for s in scenarios]
-            scores["wrong"] = psnr_rgb(rollout_scenarios(model, wrong, config, steps=12), truth)
-    return scores
+    return HeldOut(scenarios, truth, last.expand_as(truth), rollouts(model, scenarios, config))
 
 
-def test_actions_matter(model: WorldModel) -> None:
-    scores = psnr_against_truth(model, HELD_OUT_SEEDS[:4], wrong_actions=True)
-    assert scores["wrong"] < scores["true"] - 0.5
+def test_actions_matter(model: WorldModel, held_out: HeldOut) -> None:
+    wrong = [replace(s, actions=(s.actions + 1) % NUM_ACTIONS) for s in held_out.scenarios[:4]]
+    truth = held_out.truth[:4]
+    assert psnr_rgb(rollouts(model, wrong, model.config), truth) < psnr_rgb(held_out.full[:4], truth) - 0.5
 
 
-def test_full_compute_beats_copying_the_last_frame_by_3_db(model: WorldModel) -> None:
+def test_full_compute_beats_copying_the_last_frame_by_3_db(held_out: HeldOut) -> None:
     # Every held-out maze (about 6 minutes on 2 cores): the margin over copying varies from 1.8 to 4.7 dB
     # between groups of 16 consecutive seeds, so a handful of seeds cannot tell whether it holds.
-    scores = psnr_against_truth(model, HELD_OUT_SEEDS)
-    assert scores["true"] >= scores["copy_last"] + 3.0
+    assert psnr_rgb(held_out.full, held_out.truth) >= psnr_rgb(held_out.copy_last, held_out.truth) + 3.0
 
 
-def test_rollout_under_hero_is_one_graph_without_recompiles_across_chunks(model: WorldModel) -> None:
+@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
+def test_hero_rollouts_lose_nothing_against_the_ground_truth(model: WorldModel, held_out: HeldOut) -> None:
+    """hero's defaults on 16 held-out mazes: one graph across chunks, no recompile, close to full compute, and as
+    close to the ground truth as full compute (the seeds are paired, so 16 tell a difference of 0.3 dB)."""
     fresh_dynamo()
-    config = model.config
     backend = hero_compile.backend(HeroConfig(lowering="aot_eager"))
-    compiled = torch.compile(model, backend=backend, fullgraph=True)
-    scenarios = [scenario(seed, 3, config) for seed in HELD_OUT_SEEDS[:2]]
-    with torch.no_grad():
-        hero = rollout_scenarios(compiled, scenarios, config, steps=10)
-        full = rollout_scenarios(model, scenarios, config, steps=10)
+    hero = rollouts(torch.compile(model, backend=backend, fullgraph=True), held_out.scenarios[:16], model.config)
     graph = backend.stats().graphs[0]
     assert len(backend.stats().graphs) == 1 and counters["stats"]["unique_graphs"] == 1
-    assert graph.generations == 3 and graph.cheap_calls > 0 and graph.fallback_reason is None
-    assert psnr_rgb(hero, full) > 25.0
+    assert graph.generations == 2 and graph.cheap_calls > 0 and graph.fallback_reason is None
+    full, truth = held_out.full[:16], held_out.truth[:16]
+    assert psnr_rgb(hero, full) >= HERO_VS_FULL_DB
+    assert psnr_rgb(hero, truth) >= psnr_rgb(full, truth) - 0.3
 
 
 def test_demo_without_weights_exits_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
