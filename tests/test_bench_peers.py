@@ -45,6 +45,11 @@ def peer_names(rows: dict[str, dict[str, Any]]) -> list[str]:
     return [name for name, row in rows.items() if row["family"].startswith(("diffusers", "cache-dit"))]
 
 
+# The quick model changes little over its 10 steps: the broken method still reaches 62.9 dB; the peers measured
+# 70.6 (MagCache) to 99.6 dB, HERO 70.7.
+BAR_DB = 66.0
+
+
 def broken_psnr(rows: dict[str, dict[str, Any]]) -> float:
     return next(row["psnr_vs_full"] for name, row in rows.items() if name.startswith("FORA N="))
 
@@ -57,7 +62,7 @@ def test_each_peer_skips_work_and_stays_close_to_full_compute(rows: dict[str, di
     for name in peer_names(rows):
         row = rows[name]
         assert not row["identical_to_full"], row
-        assert_bar_separates(row["psnr_vs_full"], 20.0, broken_psnr(rows))
+        assert_bar_separates(row["psnr_vs_full"], BAR_DB, broken_psnr(rows))
         assert row["flop_speedup"] > 1.05, row  # fewer operations executed, counted op by op
         assert all(row[key] is not None for key in ("speedup", "graphs", "graph_breaks", "recompiles")), row
 
@@ -81,7 +86,7 @@ def test_hero_compiles_one_graph_next_to_the_peers(rows: dict[str, dict[str, Any
     # Its output is from the timed runs, after every peer was compiled: had a peer's unresumable graph break
     # marked the model's forward to run uncompiled, HERO's graph would have been dropped and it would equal full.
     assert not hero["identical_to_full"], hero
-    assert_bar_separates(hero["psnr_vs_full"], 20.0, broken_psnr(rows))
+    assert_bar_separates(hero["psnr_vs_full"], BAR_DB, broken_psnr(rows))
 
 
 def test_cache_dit_with_threshold_zero_never_skips(bench: BenchModel) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import BAD_EXTRAPOLATION, assert_no_recompiles, fresh_dynamo, recompile_report
+from conftest import assert_no_recompiles, fresh_dynamo, recompile_report
 from models import euler
 
-from hero_compile import HeroBackend, HeroConfig
+from hero_compile import GraphStats, HeroBackend, HeroConfig
 from hero_compile.measurement import psnr_over_reference_range
 
 diffusers = pytest.importorskip("diffusers")
@@ -130,8 +130,16 @@ def generate(case: Case, model: torch.nn.Module) -> torch.Tensor:
 TAILS = {"flux": "single_transformer_blocks", "hunyuan_video": "single_transformer_blocks"}
 """Models with a second stack after the first, skipped with the deep blocks on cheap steps."""
 
-@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
-@pytest.mark.parametrize("name", sorted(CASES))
+# hero's defaults against full compute, in dB: each model's measured figure minus 3 (scripts/calibrate_bars.py).
+DEFAULTS_BAR = {"cogvideox": 51.5, "cosmos": 38.5, "flux": 46.5, "hunyuan_video": 53.0, "latte": 53.0,
+                "ltx_video": 55.5, "mochi": 39.5, "wan": 50.5}
+STALE_OR_DROPPED = ("history_not_updated", "deep_blocks_dropped")
+# Extrapolation off (order 0) costs CogVideoX, Cosmos, Latte and Mochi under 3 dB at 12 steps: too little to bar.
+CAUGHT = {name: (*STALE_OR_DROPPED, "extrapolation_off") if name in {"flux", "hunyuan_video", "ltx_video", "wan"}
+          else STALE_OR_DROPPED for name in CASES}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.quality_bar(*CAUGHT[n])) for n in sorted(CASES)])
 def test_hero_defaults_accelerate_the_model_in_one_graph(name: str) -> None:
     torch.manual_seed(0)
     case = CASES[name]()
@@ -144,7 +152,7 @@ def test_hero_defaults_accelerate_the_model_in_one_graph(name: str) -> None:
     (graph,) = backend.stats().graphs
     assert graph.accelerated, graph.fallback_reason
     assert graph.cheap_calls > 0 and graph.generations == 2
-    assert all(psnr_over_reference_range(result, reference) > 30 for result in results)
+    assert all(psnr_over_reference_range(result, reference) >= DEFAULTS_BAR[name] for result in results)
     tail = [path for path in graph.tail_blocks if path.startswith(TAILS.get(name, "-"))]
     assert bool(tail) == (name in TAILS), graph.tail_blocks
 
@@ -177,22 +185,48 @@ def test_disabled_equals_plain_inductor(name: str, plain_inductor: dict[str, tor
     assert disabled.stats().graphs[0].fallback_reason == "disabled by HeroConfig.enabled=False"
 
 
-@pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
-@pytest.mark.parametrize("config", [HeroConfig(), HeroConfig(cache_target="residual")], ids=["defaults", "hierarchy"])
-def test_cogvideox_under_inductor(config: HeroConfig, plain_inductor: dict[str, torch.Tensor]) -> None:
-    """The architecture of the Aether world model, with real Inductor lowering, two generations in one graph: the
-    defaults (output caching, nothing to measure: both generations equal) and HERO's hierarchy (the split measured
-    by the measuring variant over the first steps, the shallow blocks refreshed)."""
+@pytest.mark.quality_bar(*STALE_OR_DROPPED)
+def test_cogvideox_defaults_under_inductor(plain_inductor: dict[str, torch.Tensor]) -> None:
+    """The architecture of the Aether world model, with real Inductor lowering: the defaults (output caching,
+    nothing to measure) accelerate two generations in one graph, and both are the same."""
     case, plain = plain_inductor_generation("cogvideox", plain_inductor)
-    backend = HeroBackend(config)
+    backend = HeroBackend()
     compiled = torch.compile(case.model, backend=backend, fullgraph=True)
     results = [generate(case, compiled) for _ in range(2)]
     assert_no_recompiles(recompile_report())
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_calls > 0 and graph.generations == 2
-    if config.cache_target == "residual":
-        assert graph.split_reason is not None and graph.split_reason.startswith("profiled over steps")
-        assert graph.tokens_refreshed_per_cheap_step, graph.refresh_skipped
-    else:
-        assert torch.equal(results[0], results[1])
-    assert all(psnr_over_reference_range(result, plain) > 30 for result in results)
+    assert torch.equal(results[0], results[1])
+    assert all(psnr_over_reference_range(result, plain) >= DEFAULTS_BAR["cogvideox"] for result in results)
+
+
+HIERARCHY = HeroConfig(cache_target="residual")
+"""HERO's hierarchy: the split measured over the first steps, shallow blocks refreshed, deep ones extrapolated."""
+
+
+def hierarchy_generations(case: Case, lowering: str) -> tuple[list[torch.Tensor], GraphStats]:
+    fresh_dynamo()
+    backend = HeroBackend(HIERARCHY.replace(lowering=lowering))
+    compiled = torch.compile(case.model, backend=backend, fullgraph=True)
+    results = [generate(case, compiled) for _ in range(2)]
+    assert_no_recompiles(recompile_report())
+    (graph,) = backend.stats().graphs
+    return results, graph
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hierarchy_under_inductor_equals_aot_eager(name: str) -> None:
+    """Every variant of HERO's hierarchy (measuring, full, cheap with refresh) compiles under real Inductor and
+    runs two generations in one graph, equal to the same under aot_eager (whose cheap calls
+    ``tests/test_reference.py`` checks against an independent reference) up to Inductor's rounding."""
+    torch.manual_seed(0)
+    case = CASES[name]()
+    case.model.eval()
+    expected, aot = hierarchy_generations(case, "aot_eager")
+    results, graph = hierarchy_generations(case, "inductor")
+    assert graph.accelerated and graph.fallback_reason is None and graph.generations == 2 and graph.cheap_calls > 0
+    assert graph.split_reason is not None and graph.split_reason.startswith("profiled over steps")
+    assert (graph.split, graph.tokens_refreshed_per_cheap_step) == (aot.split, aot.tokens_refreshed_per_cheap_step)
+    assert bool(graph.tokens_refreshed_per_cheap_step) == (name != "mochi"), graph.refresh_skipped
+    for result, want in zip(results, expected):
+        assert float((result - want).abs().max() / want.abs().max()) <= 1e-4

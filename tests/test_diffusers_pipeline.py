@@ -62,8 +62,15 @@ def references() -> dict[tuple[int, int], torch.Tensor]:
     return {(frames, steps): generate(pipe, frames, steps) for frames, steps in ((9, 12), (9, 8), (5, 12))}
 
 
-@pytest.mark.quality_bar(*BAD_EXTRAPOLATION, "cfg_slots_swapped")
-@pytest.mark.parametrize("two_calls", [False, True], ids=["batched guidance", "guidance as two calls"])
+# measured 55.8 dB; 46.1 with extrapolation off (scripts/calibrate_bars.py)
+BAR_DB = 51.0
+
+
+@pytest.mark.parametrize("two_calls", [
+    pytest.param(False, id="batched guidance", marks=pytest.mark.quality_bar(*BAD_EXTRAPOLATION)),
+    pytest.param(True, id="guidance as two calls",
+                 marks=pytest.mark.quality_bar(*BAD_EXTRAPOLATION, "cfg_slots_swapped")),
+])
 def test_pipeline_generations_with_new_step_and_frame_counts(
     two_calls: bool, references: dict[tuple[int, int], torch.Tensor]
 ) -> None:
@@ -74,12 +81,12 @@ def test_pipeline_generations_with_new_step_and_frame_counts(
     pipe.transformer = TwoCallGuidance(compiled, pipe.transformer) if two_calls else compiled
 
     for frames, steps in ((9, 12), (9, 12), (9, 8), (9, 12)):
-        assert psnr_over_reference_range(generate(pipe, frames, steps), references[frames, steps]) > 30
+        assert psnr_over_reference_range(generate(pipe, frames, steps), references[frames, steps]) >= BAR_DB
     (graph,) = backend.stats().graphs
     assert graph.generations == 4 and graph.cheap_calls > 0
     assert all(n == 1 for n in recompile_report()["frame_compiles"].values()), "no recompile per step"
 
     # A new frame count re-specializes once, then accelerates like the first shape.
-    assert psnr_over_reference_range(generate(pipe, 5, 12), references[5, 12]) > 30
+    assert psnr_over_reference_range(generate(pipe, 5, 12), references[5, 12]) >= BAR_DB
     graphs = backend.stats().graphs
     assert len(graphs) == 2 and graphs[1].accelerated and graphs[1].cheap_calls > 0

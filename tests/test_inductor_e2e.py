@@ -100,4 +100,5 @@ def test_generation_one_graph_no_recompiles(e2e: SimpleNamespace) -> None:
 @pytest.mark.quality_bar(*BAD_EXTRAPOLATION)
 def test_generation_quality(e2e: SimpleNamespace) -> None:
     for result in e2e.results:
-        assert psnr_over_reference_range(result, e2e.reference) >= 30.0
+        # measured 61.7 dB; 51.0 with extrapolation off (scripts/calibrate_bars.py)
+        assert psnr_over_reference_range(result, e2e.reference) >= 56.0
