@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from hero_compile.config import HeroConfig
+from hero_compile.distributed import on_every_rank
 from hero_compile.schedule import extrapolation_coefficients, is_full_step
 from hero_compile.stats import GraphStats
 from hero_compile.token_selection import TokenSelector
@@ -76,7 +77,8 @@ class CallSlot:
             flags.append(self.refresh_caches_finite)
         if not flags:
             return
-        finite = torch.stack(flags).tolist()
+        # Agreed across ranks: a rank that dropped its history alone would run full while its peers ran cheap.
+        finite = on_every_rank(torch.stack(flags)).tolist()
         if not all(finite[: len(self.history)]):
             self.history = deque((e for e, ok in zip(self.history, finite) if ok), maxlen=self.history.maxlen)
         if self.refresh_caches_finite is not None and not finite[-1]:
@@ -199,6 +201,9 @@ class HeroRuntime:
         return state
 
     def __call__(self, *inputs: Any) -> Any:
+        # Under context parallelism every rank must pick the same variant at the same call (their collectives pair
+        # up): decide only from rank-invariant values, the timestep, the configuration and what hero_compile.
+        # distributed agrees across ranks; never from a rank's own shard.
         timestep_input = inputs[self.roles.timestep_index]
         if timestep_input.numel() == 0:  # an empty batch: no step to place, nothing to cache
             return self._run_statelessly(inputs)

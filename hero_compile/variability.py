@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from hero_compile.distributed import sum_over_ranks
+
 SPLIT_RULE = "the shallow prefix is the leading run of blocks whose variability is above the stack's mean"
 
 FORMAT_VERSION = 1
@@ -152,8 +154,10 @@ class VariabilityRecorder:
         self.rows: list[tuple[int, torch.Tensor]] = []
 
     def record(self, step: int, sums: torch.Tensor) -> None:
-        """Keep the sums of a call at ``step`` (one row per call: CFG calls are averaged per step)."""
-        self.rows.append((step, sums.detach()))
+        """Keep the sums of a call at ``step`` (one row per call: CFG calls are averaged per step). Under context
+        parallelism they are summed over the ranks' token shards: every rank then measures the variability of
+        the whole sequence, and fixes the split a single process would."""
+        self.rows.append((step, sum_over_ranks(sums.detach())))
 
     @property
     def measured(self) -> bool:

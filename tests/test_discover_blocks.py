@@ -121,6 +121,25 @@ def test_single_block_is_not_a_stack() -> None:
         discover_blocks(gm)
 
 
+def test_ops_hooks_add_to_the_first_and_last_block_go_before_and_after_the_stack() -> None:
+    # As diffusers' context parallelism splits the first block's input, and may gather the last one's output.
+    model = StackModel(depth=4)
+    model.blocks[0].register_forward_pre_hook(lambda module, args: (args[0].chunk(2, dim=1)[0], *args[1:]))
+    model.blocks[-1].register_forward_hook(lambda module, args, output: torch.cat([output, output], dim=1))
+    gm = capture_graph(model, torch.randn(1, 6, 4), torch.tensor([500.0]))
+    stack = discover_blocks(gm)
+    check_stack_invariants(gm, stack, 4, "blocks")
+    nodes = nodes_by_name(gm.graph)
+    assert any(in_module(nodes[n], "blocks.0") for n in stack.prelude)
+    assert any(in_module(nodes[n], "blocks.3") and nodes[n].target is torch.cat for n in stack.postlude)
+
+
+def test_module_paths_are_free_of_the_wrappers_dynamo_records() -> None:
+    for recorded in ("L['self'].blocks.0", "L['self'].__dict__['_modules']['blocks']._modules['0']",
+                     "L['function_reference'].forward.__self__.blocks.0"):  # a forward wrapped by diffusers' hooks
+        assert module_path(recorded) == "blocks.0"
+
+
 @settings(max_examples=10)
 @given(depth=st.integers(2, 8), width=st.sampled_from([8, 16, 24]), tokens=st.integers(1, 6), batch=st.integers(1, 2))
 def test_blocks_found_equal_depth(depth: int, width: int, tokens: int, batch: int) -> None:

@@ -160,7 +160,7 @@ def _containers(owner: dict[fx.Node, tuple[str, int]], nodes: list[fx.Node], ord
     containers = {}
     for prefix, children in by_prefix.items():
         indices = sorted(children)
-        blocks_nodes = _with_code_between([children[i] for i in indices], nodes, order)
+        blocks_nodes = _without_hook_ops(_with_code_between([children[i] for i in indices], nodes, order))
         run = _longest_identical_run(blocks_nodes)
         containers[prefix] = _Container(prefix, dict(children), tuple(indices[run.start : run.stop]),
                                         tuple(tuple(b) for b in blocks_nodes[run.start : run.stop]))
@@ -191,14 +191,17 @@ def _tail_containers(containers: dict[str, _Container], main: _Container, last: 
     ]
 
 
-_DYNAMO_ROOT = re.compile(r"^L\['self'\]\.?")
+# The compiled frame's local (``L['self']``) and, for a forward wrapped by hooks (diffusers' hook registry, which
+# context parallelism uses), the way to the module from the wrapper (``L['function_reference'].forward.__self__``).
+_DYNAMO_ROOT = re.compile(r"^L\['\w+'\](?:.*\.__self__)?\.?")
 _MODULES_ENTRY = re.compile(r"\.?(?:__dict__\['_modules'\]|_modules)\['([^']+)'\]")
 
 
 def module_path(dynamo_path: str) -> str:
-    """The path ``model.get_submodule`` takes, from the one Dynamo records: ``L['self'].blocks.0`` and
-    ``L['self'].__dict__['_modules']['blocks']._modules['0']`` (models whose ``forward`` is wrapped) are both
-    ``blocks.0``."""
+    """The path ``model.get_submodule`` takes, from the one Dynamo records: ``L['self'].blocks.0``,
+    ``L['self'].__dict__['_modules']['blocks']._modules['0']`` (models whose ``forward`` is wrapped) and
+    ``L['function_reference'].forward.__self__.blocks.0`` (a forward wrapped by hooks) are all ``blocks.0``, so a
+    profile saved on one device matches a model run on several."""
     return _MODULES_ENTRY.sub(r".\1", _DYNAMO_ROOT.sub("", dynamo_path)).strip(".")
 
 
@@ -243,6 +246,25 @@ def _with_code_between(
         periods.append(nodes[starts[-1] : starts[-1] + len(periods[-1])])
     # The output node is never part of a block.
     return [[n for n in period if n.op != "output"] for period in periods] or blocks_nodes
+
+
+def _without_hook_ops(blocks_nodes: list[list[fx.Node]]) -> list[list[fx.Node]]:
+    """The blocks without the ops that hooks add around the first and the last of them (diffusers' context
+    parallelism splits the first block's input before it runs, and may gather the last one's output after).
+
+    A first block whose op sequence is the next block's with ops before it loses those ops to the prelude; a
+    last block that is the previous block's with ops after it loses those to the code after the stack.
+    """
+    blocks = list(blocks_nodes)
+    if len(blocks) < MIN_BLOCKS:
+        return blocks
+    body = len(blocks[1])
+    if 0 < body < len(blocks[0]) and _op_sequence(blocks[0][-body:]) == _op_sequence(blocks[1]):
+        blocks[0] = blocks[0][-body:]
+    body = len(blocks[-2])
+    if 0 < body < len(blocks[-1]) and _op_sequence(blocks[-1][:body]) == _op_sequence(blocks[-2]):
+        blocks[-1] = blocks[-1][:body]
+    return blocks
 
 
 def _longest_identical_run(blocks_nodes: list[list[fx.Node]]) -> range:

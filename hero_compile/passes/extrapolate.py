@@ -26,6 +26,7 @@ from hero_compile.passes.graph_surgery import (
     checked_tensors,
     copy_graph,
     flat_args,
+    is_collective,
     new_graph_module,
     nodes_by_name,
     view_chain,
@@ -103,7 +104,13 @@ def _depending_on(sources: set[str], candidates: tuple[str, ...], nodes: dict[st
 def _has_outside_effect(node: fx.Node, inside: set[str]) -> bool:
     """Whether skipping ``node`` changes anything outside the segment. Writes into values the segment created
     (rotary embeddings applied in place to its own queries) are invisible outside it, and so are Dynamo's runtime
-    checks of sizes the segment computes (the length ``nonzero()`` packs a mask to)."""
+    checks of sizes the segment computes (the length ``nonzero()`` packs a mask to).
+
+    Collectives (context parallelism's all-to-alls and all-gathers) are skipped with the segment: every rank
+    runs the cheap variant at the same call, because the runtime decides from rank-invariant values only (the
+    step, the agreed split), so no rank waits for a peer that skipped its half."""
+    if is_collective(node):
+        return False
     target = written_value(node)
     if target is not None:
         return any(alias.name not in inside for alias in view_chain(target))

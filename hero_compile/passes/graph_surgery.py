@@ -63,6 +63,28 @@ def append_outputs(graph: fx.Graph, values: list[fx.Node]) -> None:
 RUNTIME_ASSERTS = (torch.ops.aten._assert_scalar.default, torch.ops.aten.sym_constrain_range_for_size.default)
 """Dynamo's runtime checks of data-dependent sizes (the length ``nonzero()`` packs a mask to)."""
 
+COLLECTIVES_NAMESPACE = "_c10d_functional"
+"""The namespace of the functional collectives (``all_to_all_single``, ``all_gather_into_tensor``, ``wait_tensor``)
+that context parallelism (diffusers' Ulysses and Ring attention) puts into the graph."""
+
+
+def is_collective(node: fx.Node) -> bool:
+    """Whether ``node`` issues or waits for a functional collective.
+
+    fx calls these impure, but their only effect is their result, on every rank of the process group alike: the
+    rewrites may drop them with the values they compute, provided every rank runs the same variant at the same
+    call (the runtime's rank-invariant decisions, ``hero_compile.runtime``).
+    """
+    target = node.target
+    packet = getattr(target, "overloadpacket", target)
+    return node.op == "call_function" and getattr(packet, "_qualified_op_name", "").startswith(
+        f"{COLLECTIVES_NAMESPACE}::")
+
+
+def runs_collectives(graph: fx.Graph) -> bool:
+    """Whether the graph communicates with other ranks (it runs under context parallelism)."""
+    return any(is_collective(node) for node in graph.nodes)
+
 
 def live_nodes(graph: fx.Graph) -> set[str]:
     """Names of the nodes the outputs depend on, side effects included.
@@ -70,7 +92,8 @@ def live_nodes(graph: fx.Graph) -> set[str]:
     In-place writes into values the graph computes (``q[:, :, n:] = rotary(...)``), unlike writes into its
     inputs, are live only while the written value, or a tensor it is a view of, is live: fx's own dead-code
     elimination keeps every such write, and with it the whole computation of a block the rewrite no longer
-    needs. Runtime asserts likewise live only while the tensors whose sizes they check do.
+    needs. Runtime asserts likewise live only while the tensors whose sizes they check do, and collectives
+    while their results are read (see :func:`is_collective`).
     """
     writes: dict[str, list[fx.Node]] = defaultdict(list)
     roots: list[fx.Node] = [graph.output_node()]
@@ -84,7 +107,7 @@ def live_nodes(graph: fx.Graph) -> set[str]:
                 writes[alias.name].append(node)
         elif node.target in RUNTIME_ASSERTS:
             asserts.append(node)
-        elif node.op not in ("placeholder", "output") and node.is_impure():
+        elif node.op not in ("placeholder", "output") and node.is_impure() and not is_collective(node):
             roots.append(node)
     live: set[str] = set()
     _mark_live(roots, live, writes)

@@ -16,12 +16,15 @@ import torch.fx as fx
 
 from hero_compile.passes.discover_blocks import Block, BlockStack
 from hero_compile.passes.errors import RewriteUnsupported
-from hero_compile.passes.graph_surgery import live_nodes, nodes_by_name
+from hero_compile.passes.graph_surgery import live_nodes, nodes_by_name, runs_collectives
 from hero_compile.passes.refresh import BlockRefresh, plan_block_refresh
 from hero_compile.passes.token_axis import analyze_token_axis
 from hero_compile.passes.token_grid import find_token_grid
 
 NOT_RUN_ON_CHEAP_STEPS = "not run on cheap steps: only the extrapolated deep blocks read it"
+
+SHARDED_TOKENS = ("context parallelism: each rank holds a shard of the tokens, and a subset chosen per shard would "
+                  "not be patch-balanced over the whole token grid")
 
 
 @dataclass
@@ -39,9 +42,13 @@ def plan_refresh(gm: fx.GraphModule, cheap_gm: fx.GraphModule, stack: BlockStack
     plan = RefreshPlan()
     live = live_nodes(cheap_gm.graph)
     nodes = nodes_by_name(gm.graph)
+    sharded = runs_collectives(gm.graph)
     for block in stack.blocks[:split]:
         if not any(name in live for name in block.outputs):
             plan.skipped[block.path] = NOT_RUN_ON_CHEAP_STEPS
+            continue
+        if sharded:
+            plan.skipped[block.path] = SHARDED_TOKENS
             continue
         try:
             plan.blocks.append(plan_block(gm, stack, block, nodes))
