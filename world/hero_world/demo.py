@@ -235,8 +235,9 @@ QUALITY = (
     ("disparity_error_hero", "mean abs. disparity error, hero", ""),
 )
 
-CALLS_MEANING = ("a full call runs every block of the denoiser and refills hero's caches; a cheap call runs only "
-                 "the shallow blocks and extrapolates the deep ones from the last full calls")
+CALLS_MEANING = ("a full call runs every block of the denoiser and refills hero's caches; a cheap call skips the "
+                 "deep blocks (with output caching, the default, every block) and extrapolates their output from "
+                 "the last full calls")
 
 
 def report(result: dict[str, Any]) -> str:
@@ -248,7 +249,7 @@ def report(result: dict[str, Any]) -> str:
         f"{result['chunks']} chunks each, {result['steps']} denoising steps per chunk, guidance {result['guidance']}, "
         f"{result['threads']} threads",
         f"hero: interval {hero['interval']}, warm-up {hero['warmup_steps']} steps, {hero['final_full_steps']} final "
-        f"full step(s), split {hero['split']} (chose {result['split']}), cache {hero['cache_target']}",
+        f"full step(s), split {hero['split']} (in use: {result['split']}), cache {hero['cache_target']}",
         f"timing: one untimed warm-up rollout each (compiles), then {result['repeats']} repeats alternated "
         "between the two; seconds per rollout",
     ]
