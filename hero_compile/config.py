@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,10 +16,12 @@ if TYPE_CHECKING:  # torch-free at import, so that the command line's --help doe
 Lowering = Literal["inductor", "aot_eager", "eager"]
 CacheTarget = Literal["residual", "output"]
 KeyValueSource = Literal["current", "cache"]
+Schedule = Literal["fixed", "adaptive"]
 
 _LOWERINGS = ("inductor", "aot_eager", "eager")
 _CACHE_TARGETS = ("residual", "output")
 _KV_SOURCES = ("current", "cache")
+_SCHEDULES = ("fixed", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,19 @@ class HeroConfig:
         warmup_steps: denoising steps computed in full at the start of a generation (>= 0). They fill the
             extrapolation history; fewer than ``extrapolation_order + 1`` lowers the order used early on.
         interval: one step in ``interval`` after warm-up is computed in full, the others are cheap (>= 1).
-            1 disables acceleration; larger is faster and drifts further from full compute.
+            1 disables acceleration; larger is faster and drifts further from full compute. Used by the
+            ``"fixed"`` schedule only.
+        schedule: which steps after warm-up are full: ``"fixed"`` (one in ``interval``) or ``"adaptive"``
+            (decided per step from a change the graph measures, see ``adaptive_threshold``; the same decision
+            for every call of a step, so both calls of a guided step agree).
+        adaptive_threshold: with ``schedule="adaptive"``, the relative L1 distance (``sum|x - x_full| /
+            sum|x_full|``) of the block stack's input ``x`` from its value at the last full step at which a step
+            is computed in full (>= 0). Every call measures it on the device (cheap calls inside the graph, full
+            calls from the previous full step); the host reads it one call later or after, never waiting, and
+            predicts the next step's distance as the newest distance per step times the steps since the last full
+            one. 0 computes every step in full; larger is faster and drifts further from full compute.
+        max_cheap_steps: with ``schedule="adaptive"``, the most cheap steps in a row (>= 1), however small the
+            measured change: extrapolation error grows with the distance from the last full steps.
         final_full_steps: the last steps of a generation computed in full (>= 0), where fine detail forms.
             Applied once the generation's length is known: from the previous generation with the same
             timestep schedule, so the first generation differs from the next ones. 0 by default: every
@@ -75,6 +90,9 @@ class HeroConfig:
     patch_size: int = 2
     warmup_steps: int = 2
     interval: int = 3
+    schedule: Schedule = "fixed"
+    adaptive_threshold: float = 0.06
+    max_cheap_steps: int = 4
     final_full_steps: int = 0
     split: int | Literal["auto"] = "auto"
     profile: str | os.PathLike[str] | VariabilityProfile | None = None
@@ -100,6 +118,12 @@ class HeroConfig:
         _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0,
                "warmup_steps", self.warmup_steps, "an int >= 0")
         _check(_is_int(self.interval) and self.interval >= 1, "interval", self.interval, "an int >= 1")
+        _check(self.schedule in _SCHEDULES, "schedule", self.schedule, f"one of {_SCHEDULES}")
+        _check(isinstance(self.adaptive_threshold, (int, float)) and not isinstance(self.adaptive_threshold, bool)
+               and 0.0 <= self.adaptive_threshold < math.inf,
+               "adaptive_threshold", self.adaptive_threshold, "a finite number >= 0")
+        _check(_is_int(self.max_cheap_steps) and self.max_cheap_steps >= 1,
+               "max_cheap_steps", self.max_cheap_steps, "an int >= 1")
         _check(_is_int(self.final_full_steps) and self.final_full_steps >= 0,
                "final_full_steps", self.final_full_steps, "an int >= 0")
         _check(self.split == "auto" or (_is_int(self.split) and self.split >= 0),

@@ -27,6 +27,7 @@ from hero_compile.lowering import lower
 from hero_compile.passes.cache_outputs import add_cache_outputs
 from hero_compile.passes.discover_blocks import BlockStack, discover_blocks
 from hero_compile.passes.errors import RewriteUnsupported
+from hero_compile.passes.estimate_change import add_change_estimate, stack_input_streams
 from hero_compile.passes.extrapolate import extrapolate_deep_segment, plan_deep_segment
 from hero_compile.passes.graph_surgery import without_dead_code
 from hero_compile.passes.input_roles import find_input_roles, placeholders
@@ -162,9 +163,12 @@ class VariantBuilder:
         self.stats.tokens_refreshed_per_cheap_step = {plan.block.path: tokens for plan in refresh.blocks}
 
         cheap = None
+        stack_inputs = stack_input_streams(gm, stack) if config.schedule == "adaptive" else []
         if segment is not None or refresh.blocks:
             if refresh.blocks:
                 cheap_gm = refresh_shallow_blocks(cheap_gm, refresh.blocks, tokens, config.kv_source == "cache")
+            if stack_inputs:
+                cheap_gm = add_change_estimate(cheap_gm, stack_inputs)
             cheap = LazyVariant(without_dead_code(cheap_gm), partial(self.lower, "cheap"))
         refresh_cached = [name for plan in refresh.blocks for name in plan.cached_values(config.kv_source == "cache")]
         spec = VariantSpec(
@@ -172,8 +176,9 @@ class VariantBuilder:
             num_streams=len(segment.streams) if segment else 0,
             history_length=config.extrapolation_order + 1,
             num_refresh_caches=len(refresh_cached),
+            num_stack_inputs=len(stack_inputs) if cheap is not None else 0,
         )
-        full_gm = add_cache_outputs(gm, segment, refresh_cached)
+        full_gm = add_cache_outputs(gm, segment, refresh_cached, stack_inputs[: spec.num_stack_inputs])
         if call_inputs is None:
             full = self.lower("full", full_gm, self.example_inputs)
         else:

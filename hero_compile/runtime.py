@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hero_compile.adaptive import AdaptiveSchedule, relative_l1_distance
 from hero_compile.config import HeroConfig
 from hero_compile.distributed import on_every_rank
 from hero_compile.schedule import extrapolation_coefficients, is_full_step
@@ -68,6 +69,8 @@ class CallSlot:
     refresh_caches_finite: torch.Tensor | None = None
     previous_block_outputs: list[torch.Tensor] | None = None
     """While the split is measured: every block's outputs at this slot's previous step."""
+    full_stack_inputs: list[torch.Tensor] = field(default_factory=list)
+    """With the adaptive schedule: the block stack's input streams at this slot's last full step."""
 
     def drop_non_finite(self) -> None:
         """Forget cached features that hold a NaN or an infinity (one small device-to-host read), so that a
@@ -95,6 +98,8 @@ class GenerationState:
     timesteps: list[Timestep] = field(default_factory=list)
     previous_timesteps: list[Timestep] = field(default_factory=list)
     slots: dict[int, CallSlot] = field(default_factory=dict)
+    adaptive: AdaptiveSchedule = field(default_factory=AdaptiveSchedule)
+    """The adaptive schedule's decisions and readings (unused by the fixed schedule)."""
 
     def advance(self, timestep: Timestep) -> bool:
         """Place a call with ``timestep``; returns True when it starts a new generation: the first call, or a
@@ -104,6 +109,7 @@ class GenerationState:
                 self.previous_timesteps = self.timesteps
             self.timesteps, self.step, self.slot = [timestep], 0, 0
             self.slots.clear()
+            self.adaptive = AdaptiveSchedule()
             self.timestep = timestep
             return True
         if timestep == self.timestep:
@@ -179,7 +185,8 @@ class HeroRuntime:
             tensor.nbytes
             for state in list(self._states.values())
             for slot in state.slots.values()
-            for tensor in [*(f for entry in slot.history for f in entry.features), *slot.refresh_caches]
+            for tensor in [*(f for entry in slot.history for f in entry.features), *slot.refresh_caches,
+                           *slot.full_stack_inputs]
         )
 
     def profile_so_far(self) -> VariabilityProfile | None:
@@ -218,11 +225,11 @@ class HeroRuntime:
         time = sum(timestep) / len(timestep)
         slot = self._slot(state, inputs, variants)
         if slot is not None and self._cheap_allowed(state, slot, variants):
-            outputs = self._run_cheap(inputs, time, slot, variants)
+            outputs = self._run_cheap(inputs, time, slot, variants, state)
             if outputs is not None:
                 self.stats.count_call(cheap=True)
                 return outputs
-        return self._run_full(inputs, time, slot, variants)
+        return self._run_full(inputs, time, slot, variants, state)
 
     def _variants(self, state: GenerationState, new_generation: bool, inputs: Sequence[Any]) -> Variants | None:
         """The variants, once the split is known; ``None`` while this call is still measured."""
@@ -266,17 +273,24 @@ class HeroRuntime:
                 measurement.recorder.record(state.step, results[-1])
         return results[:n]
 
-    def _run_full(self, inputs: Sequence[Any], time: float, slot: CallSlot | None, variants: Variants) -> Any:
+    def _run_full(self, inputs: Sequence[Any], time: float, slot: CallSlot | None, variants: Variants,
+                  state: GenerationState) -> Any:
         self.stats.count_call(cheap=False)
         results = variants.full(*inputs)
         n, streams = variants.spec.num_outputs, variants.spec.num_streams
+        distance = None
         if slot is not None:
             if streams:
                 features = [_cacheable(f) for f in results[n : n + streams]]
                 slot.history.appendleft(CachedStep(time, features, _all_finite(features)))
-            self._keep_refresh_caches(slot, results[n + streams :])
+            stack_inputs = n + streams + variants.spec.num_refresh_caches
+            self._keep_refresh_caches(slot, results[n + streams : stack_inputs])
+            previous, slot.full_stack_inputs = slot.full_stack_inputs, [_cacheable(x) for x in results[stack_inputs:]]
+            if previous:
+                distance = relative_l1_distance(slot.full_stack_inputs, previous)
             if slot.selector is not None:
                 slot.selector.mark_all_fresh()
+        state.adaptive.ran_full(state.step, distance)
         return results[:n]
 
     def _keep_refresh_caches(self, slot: CallSlot, caches: Sequence[torch.Tensor]) -> None:
@@ -287,11 +301,17 @@ class HeroRuntime:
         # Under autograd the caches would hold graph history; HERO is for sampling, so grad mode runs full.
         if variants.cheap is None or torch.is_grad_enabled():
             return False
-        if is_full_step(state.step, self.config, state.total_steps()):
+        if self._is_full_step(state):
             return False
         slot.drop_non_finite()
         spec = variants.spec
-        return not ((spec.num_streams and not slot.history) or (spec.num_refresh_caches and not slot.refresh_caches))
+        return not ((spec.num_streams and not slot.history) or (spec.num_refresh_caches and not slot.refresh_caches)
+                    or (spec.num_stack_inputs and not slot.full_stack_inputs))
+
+    def _is_full_step(self, state: GenerationState) -> bool:
+        if self.config.schedule == "adaptive":
+            return state.adaptive.is_full(state.step, self.config, state.total_steps())
+        return is_full_step(state.step, self.config, state.total_steps())
 
     def _input_shapes(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(_describe(inputs[i]) for i in self.roles.activation_indices)
@@ -302,7 +322,8 @@ class HeroRuntime:
             return None
         return state.slot_for(self._input_shapes(inputs), variants.spec.history_length, variants.selector)
 
-    def _run_cheap(self, inputs: Sequence[Any], time: float, slot: CallSlot, variants: Variants) -> Any:
+    def _run_cheap(self, inputs: Sequence[Any], time: float, slot: CallSlot, variants: Variants,
+                   state: GenerationState) -> Any:
         spec = variants.spec
         cheap_inputs = [*inputs]
         if spec.num_streams:
@@ -311,12 +332,15 @@ class HeroRuntime:
             assert slot.selector is not None
             indices = torch.from_numpy(slot.selector.select()).to(slot.refresh_caches[0].device, non_blocking=True)
             cheap_inputs += [indices, *slot.refresh_caches]
+        cheap_inputs += slot.full_stack_inputs
         cheap = self._cheap_for(cheap_inputs, slot.input_shapes, variants)
         if cheap is None:
             return None
         results = cheap(*cheap_inputs)
         n = spec.num_outputs
-        self._keep_refresh_caches(slot, results[n:])
+        self._keep_refresh_caches(slot, results[n : n + spec.num_refresh_caches])
+        if spec.num_stack_inputs:
+            state.adaptive.ran_cheap(state.step, results[-1])
         return results[:n]
 
     def _extrapolation_inputs(self, time: float, slot: CallSlot, num_streams: int, history_length: int

@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from hero_compile.config import HeroConfig
 
 
+def is_forced_full_step(step: int, config: HeroConfig, total_steps: int | None) -> bool:
+    """Whether ``step`` is full under every schedule: a warm-up step or one of the last ``final_full_steps``."""
+    return step < config.warmup_steps or (total_steps is not None and step >= total_steps - config.final_full_steps)
+
+
 def is_full_step(step: int, config: HeroConfig, total_steps: int | None) -> bool:
-    """Warm-up steps, one step in ``interval`` after them, and the last ``final_full_steps`` are full."""
-    if step < config.warmup_steps:
-        return True
-    if total_steps is not None and step >= total_steps - config.final_full_steps:
-        return True
-    return (step - config.warmup_steps + 1) % config.interval == 0
+    """The fixed schedule: warm-up steps, one step in ``interval`` after them, and the last ``final_full_steps``
+    are full."""
+    return is_forced_full_step(step, config, total_steps) or (step - config.warmup_steps + 1) % config.interval == 0
 
 
 def extrapolation_coefficients(timestep: float, history: Sequence[float], order: int, length: int) -> list[float]:

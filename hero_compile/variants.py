@@ -3,11 +3,14 @@
 Calling conventions (the graphs are built in ``hero_compile.passes``):
 - ``measuring(*inputs, *previous_block_outputs) -> (*outputs, *block_outputs, variability_sums)``: while the
   split is being measured (``hero_compile.passes.measure_variability``);
-- ``full(*inputs) -> (*outputs, *deep_features, *refresh_caches)``: one feature per deep stream, and what the
-  refreshed shallow blocks cache (each block's output, and its keys and values with ``kv_source="cache"``);
-- ``cheap(*inputs, [coefficients, *history], [refresh_indices, *refresh_caches]) -> (*outputs, *refresh_caches)``:
-  the first group when there is a deep segment (``history_length`` features per stream, most recent first),
-  the second when shallow blocks are refreshed.
+- ``full(*inputs) -> (*outputs, *deep_features, *refresh_caches, *stack_inputs)``: one feature per deep stream,
+  what the refreshed shallow blocks cache (each block's output, and its keys and values with
+  ``kv_source="cache"``) and, with the adaptive schedule, the block stack's input streams;
+- ``cheap(*inputs, [coefficients, *history], [refresh_indices, *refresh_caches], [*full_stack_inputs])
+  -> (*outputs, *refresh_caches, [distance])``: the first group when there is a deep segment (``history_length``
+  features per stream, most recent first), the second when shallow blocks are refreshed, the third with the
+  adaptive schedule (the stack's input at the last full step; ``distance`` is how far it moved since,
+  ``passes.estimate_change``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class VariantSpec:
     num_streams: int
     history_length: int
     num_refresh_caches: int
+    num_stack_inputs: int = 0
+    """With the adaptive schedule: the stack's input streams the full variant returns last and the cheap one
+    takes back last, to measure their change."""
 
 
 @contextlib.contextmanager

@@ -11,7 +11,16 @@ import pytest
 import torch
 from conftest import assert_bar_separates
 from hero_bench.harness import run_benchmark
-from hero_bench.host_caches import WorldCache, WorldCacheSettings, duca, first_block_cache, toca, worldcache
+from hero_bench.host_caches import (
+    WorldCache,
+    WorldCacheSettings,
+    duca,
+    easycache,
+    first_block_cache,
+    teacache,
+    toca,
+    worldcache,
+)
 from hero_bench.methods import BuildOptions, Method, fora, full_compute, hero_settings, taylorseer
 from hero_bench.models import BenchModel, latent_metrics
 from hero_bench.suite import run_suite
@@ -48,12 +57,13 @@ def full_output(dit: nn.Module) -> torch.Tensor:
     return generate(full_compute(), dit)
 
 
-@pytest.mark.parametrize("method", [fora(1), toca(1.0, 3), duca(1.0, 2), first_block_cache(0.0), worldcache(0.0, 8)],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize("method", [fora(1), toca(1.0, 3), duca(1.0, 2), first_block_cache(0.0), worldcache(0.0, 8),
+                                    teacache(0.0, 8), easycache(0.0, 8)], ids=lambda m: m.name)
 def test_baseline_at_its_exact_setting_equals_full_compute(method: Method, dit: nn.Module,
                                                            full_output: torch.Tensor) -> None:
     """FORA at interval 1 computes every step; ToCa and DuCa at ratio 1.0 recompute every token (DuCa's
-    aggressive steps aside: interval 2 has none); FBCache and WorldCache with threshold 0 never skip."""
+    aggressive steps aside: interval 2 has none); FBCache, WorldCache, TeaCache and EasyCache with threshold 0
+    never skip."""
     torch.testing.assert_close(generate(method, dit), full_output, atol=1e-5, rtol=1e-5)
 
 
@@ -77,8 +87,8 @@ def world_rollout(method: Method, model: WorldModel, steps: int = 6) -> torch.Te
         return rollout(method.build(model, OPTIONS).denoiser, context, torch.tensor([[0, 1]]), config, steps, 1.0)
 
 
-@pytest.mark.parametrize("method", [toca(1.0, 3), duca(1.0, 2), first_block_cache(0.0), worldcache(0.0, 6)],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize("method", [toca(1.0, 3), duca(1.0, 2), first_block_cache(0.0), worldcache(0.0, 6),
+                                    teacache(0.0, 6), easycache(0.0, 6)], ids=lambda m: m.name)
 def test_host_side_baselines_rotate_queries_and_keys_as_the_blocks_do(method: Method,
                                                                       rotary_world_model: WorldModel) -> None:
     """At their exact settings, on blocks called as ``block(h, cond, rotary)``: each refreshed query keeps its
@@ -87,8 +97,8 @@ def test_host_side_baselines_rotate_queries_and_keys_as_the_blocks_do(method: Me
                                world_rollout(full_compute(), rotary_world_model), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", [fora(3), toca(0.25, 3), duca(0.25, 3), first_block_cache(10.0)],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize("method", [fora(3), toca(0.25, 3), duca(0.25, 3), first_block_cache(10.0),
+                                    teacache(10.0, 8), easycache(10.0, 8)], ids=lambda m: m.name)
 def test_baseline_at_a_fast_setting_differs_from_full_compute(method: Method, dit: nn.Module,
                                                               full_output: torch.Tensor) -> None:
     assert not torch.allclose(generate(method, dit), full_output, atol=1e-4)

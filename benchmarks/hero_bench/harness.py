@@ -19,32 +19,33 @@ MIB = 2**20
 
 
 def run_benchmark(bench: BenchModel, methods: list[Method], lowering: Lowering = "inductor", repeats: int = 3,
-                  threads: int = 2, progress: bool = True) -> list[dict[str, Any]]:
+                  threads: int = 2, progress: bool = True, facts: bool = True) -> list[dict[str, Any]]:
     """One row per method, full compute first.
 
     Timing: every method is compiled with ``lowering`` and runs one warm-up generation, then whole generations
     of all methods alternate ``repeats`` times (median). Compile behaviour, FLOPs and cache memory are then
     measured per method with Dynamo reset and the ``eager`` lowering (every aten op visible to the counter):
     graphs and graph breaks over a first generation with ``fullgraph=True`` (or, if that is refused, without),
-    recompiles and FLOPs over a second one.
+    recompiles and FLOPs over a second one; ``facts=False`` skips these (speed and quality only).
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(bench, methods, lowering, repeats, threads, progress)
+        return _run(bench, methods, lowering, repeats, threads, progress, facts)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(bench: BenchModel, methods: list[Method], lowering: Lowering, repeats: int, threads: int, progress: bool
-         ) -> list[dict[str, Any]]:
+def _run(bench: BenchModel, methods: list[Method], lowering: Lowering, repeats: int, threads: int, progress: bool,
+         with_facts: bool) -> list[dict[str, Any]]:
     methods = [full_compute(), *(m for m in methods if m.name != REFERENCE)]
     # Start from a clean Dynamo: code objects it marked to skip while tracing hook-wrapped copies of the model
     # (compiler.disable regions) would otherwise break the graphs of the methods compiled after them.
     torch._dynamo.reset()
     options = BuildOptions(lowering, fullgraph=False, calls_per_step=bench.calls_per_step)
     outputs: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=len(methods) * (2 + repeats), desc=f"bench {bench.name}", unit="generation", disable=not progress)
+    bar = tqdm(total=len(methods) * (1 + with_facts + repeats), desc=f"bench {bench.name}", unit="generation",
+               disable=not progress)
     # Every method compiles the same forward: one Dynamo cache entry each, plus their own kernels.
     with torch._dynamo.config.patch(recompile_limit=4 * len(methods) + 8), torch.no_grad():
         candidates = {m.name: m.build(bench.model, options) for m in methods}
@@ -59,7 +60,7 @@ def _run(bench: BenchModel, methods: list[Method], lowering: Lowering, repeats: 
         seconds = alternated_medians({name: partial(generate, name) for name in candidates}, repeats,
                                      on_run=bar.update)
         facts = {}
-        for method in methods:
+        for method in methods if with_facts else ():
             facts[method.name] = compile_facts(bench, method)
             bar.update()
         torch._dynamo.reset()
@@ -86,9 +87,10 @@ def _run(bench: BenchModel, methods: list[Method], lowering: Lowering, repeats: 
         row["psnr_vs_full"], row["ssim_vs_full"] = quality
         if bench.ground_truth is not None:
             row["psnr_vs_truth"], row["ssim_vs_truth"] = bench.metrics(outputs[name], bench.ground_truth)
-        row.update(facts[name])
-        row["flop_speedup"] = facts[REFERENCE]["flops"] / facts[name]["flops"]
-        row["efficiency"] = row["speedup"] / row["flop_speedup"]
+        if with_facts:
+            row.update(facts[name])
+            row["flop_speedup"] = facts[REFERENCE]["flops"] / facts[name]["flops"]
+            row["efficiency"] = row["speedup"] / row["flop_speedup"]
         rows.append(row)
     return rows
 

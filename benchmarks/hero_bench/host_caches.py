@@ -1,6 +1,7 @@
 """Baselines whose caching decisions run on the host, as in their reference code: first-block caching
-(dynamic skipping), ToCa (tokens chosen by attention scores), DuCa (random tokens) and WorldCache (per-token
-prediction of the stack's output, ordered by curvature, with adaptive skipping).
+(dynamic skipping), TeaCache and EasyCache (whole-stack skipping while an accumulated change estimate stays
+small), ToCa (tokens chosen by attention scores), DuCa (random tokens) and WorldCache (per-token prediction of the
+stack's output, ordered by curvature, with adaptive skipping).
 
 Each replaces a copy of the model's ``blocks`` list by one :class:`HostCachedStack`. Its ``forward`` is
 excluded from compilation (``torch.compiler.disable``, as diffusers' cache hooks do, so it is a graph
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,6 +113,106 @@ class FirstBlockCache(HostCachedStack):
         out = self.rest(self.rest_blocks, first, cond, rotary)
         cache.update(first_residual=residual, rest_residual=out - first)
         return out
+
+
+class AccumulatedChangeCache(HostCachedStack):
+    """Skips the whole stack, adding the residual it had at the last computed step, while a change estimate
+    accumulated since then stays under ``threshold`` (TeaCache, EasyCache). The first ``warmup_steps`` and the
+    last step of each sampling loop of ``steps`` steps are computed; the state is dropped when a loop starts."""
+
+    def __init__(self, blocks: nn.ModuleList, calls_per_step: int, options: BuildOptions, steps: int,
+                 threshold: float, warmup_steps: int) -> None:
+        super().__init__(blocks, calls_per_step)
+        self.steps, self.threshold, self.warmup_steps = steps, threshold, warmup_steps
+        self.compute = compile_with(options, _run_blocks, fullgraph=True)
+
+    def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
+            ) -> torch.Tensor:
+        position = step % self.steps
+        if position == 0:
+            cache.clear()
+        change = self.change(h, cond, cache)
+        forced = position < self.warmup_steps or position == self.steps - 1
+        if not forced and change is not None and "residual" in cache:
+            cache["accumulated"] += change
+            if cache["accumulated"] < self.threshold:
+                return h + cache["residual"]
+        out = self.compute(self.blocks, h, cond, rotary)
+        self.computed(h, out, cache)
+        cache.update(residual=out - h, accumulated=0.0)
+        return out
+
+    def change(self, h: torch.Tensor, cond: torch.Tensor, cache: dict[str, Any]) -> float | None:
+        """This step's change estimate (read on the host), or ``None`` while there is none; keeps what the next
+        step's estimate needs."""
+        raise NotImplementedError
+
+    def computed(self, h: torch.Tensor, out: torch.Tensor, cache: dict[str, Any]) -> None:
+        """The stack ran on ``h`` and gave ``out``."""
+
+
+def _relative_l1(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return (value - reference).abs().mean() / reference.abs().mean().clamp(min=1e-12)
+
+
+TEACACHE_COEFFICIENTS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
+"""The rescaling polynomial TeaCache publishes for FLUX and HunyuanVideo (highest power first). TeaCache fits one
+per model, mapping the change of the first block's modulated input to the change of the model's output."""
+
+
+class TeaCache(AccumulatedChangeCache):
+    """TeaCache (Liu et al., 2024), learnt from its public code (github.com/ali-vilab/TeaCache): the change is the
+    relative L1 distance (mean absolute difference over mean absolute value) of the first block's modulated input
+    (``modulate(norm1(h), shift1, scale1)``: tokens and timestep both) from the previous step's, rescaled by a
+    polynomial; only the first and last steps are forced. The reference caches the residual of its
+    transformer's blocks, as here the stack's."""
+
+    def __init__(self, blocks: nn.ModuleList, calls_per_step: int, options: BuildOptions, steps: int,
+                 threshold: float, coefficients: tuple[float, ...] = TEACACHE_COEFFICIENTS) -> None:
+        super().__init__(blocks, calls_per_step, options, steps, threshold, warmup_steps=1)
+        if not isinstance(blocks[0], DiTBlock):
+            raise TypeError("TeaCache reads the modulation of a hero_compile.testing.dit.DiTBlock")
+        self.coefficients = coefficients
+        self.modulated_input = compile_with(options, _modulated_input, fullgraph=True)
+
+    def change(self, h: torch.Tensor, cond: torch.Tensor, cache: dict[str, Any]) -> float | None:
+        modulated = self.modulated_input(self.blocks[0], h, cond)
+        previous = cache.get("modulated")
+        cache["modulated"] = modulated
+        if previous is None:
+            return None
+        return float(np.polyval(self.coefficients, _relative_l1(modulated, previous).item()))
+
+
+def _modulated_input(block: DiTBlock, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    shift, scale = block.ada(F.silu(cond)).chunk(6, dim=-1)[:2]
+    return modulate(block.norm1(h), shift, scale)
+
+
+class EasyCache(AccumulatedChangeCache):
+    """EasyCache (Zhou et al., 2025), learnt from its public code (github.com/H-EmbodVis/EasyCache,
+    ``easycache_sample_video.py``): each computed step measures the transformation rate ``k``, the output's mean
+    absolute change over the input's since the previous computed step; each other step predicts its output's
+    relative change as ``k`` times the input's mean absolute change since the previous step over the last output's
+    mean absolute value. The reference measures the whole transformer's input and output; here the stack's (the
+    compiled prelude and postlude run every step, as for the other host baselines)."""
+
+    def __init__(self, blocks: nn.ModuleList, calls_per_step: int, options: BuildOptions, steps: int,
+                 threshold: float, warmup: float = 0.1) -> None:
+        super().__init__(blocks, calls_per_step, options, steps, threshold, warmup_steps=max(1, round(warmup * steps)))
+
+    def change(self, h: torch.Tensor, cond: torch.Tensor, cache: dict[str, Any]) -> float | None:
+        previous = cache.get("input")
+        cache["input"] = h
+        if previous is None or "rate" not in cache:
+            return None
+        return cache["rate"] * ((h - previous).abs().mean() / cache["output"].abs().mean().clamp(min=1e-12)).item()
+
+    def computed(self, h: torch.Tensor, out: torch.Tensor, cache: dict[str, Any]) -> None:
+        if "output" in cache:
+            input_change = (h - cache["computed_input"]).abs().mean().clamp(min=1e-12)
+            cache["rate"] = ((out - cache["output"]).abs().mean() / input_change).item()
+        cache.update(output=out, computed_input=h)
 
 
 class TokenCache(HostCachedStack):
@@ -362,6 +464,24 @@ def first_block_cache(threshold: float) -> Method:
     return host_cache_method(
         f"FBCache r={threshold}", "FBCache", "host decision between compiled first block and compiled rest",
         lambda blocks, options: FirstBlockCache(blocks, options.calls_per_step, threshold, options),
+    )
+
+
+def teacache(threshold: float, steps: int) -> Method:
+    """TeaCache on sampling loops of ``steps`` steps."""
+    return host_cache_method(
+        f"TeaCache l1={threshold}", "TeaCache", "host decision (rescaled L1 of block 0's modulated input) "
+        "between compiled kernels",
+        lambda blocks, options: TeaCache(blocks, options.calls_per_step, options, steps, threshold),
+    )
+
+
+def easycache(threshold: float, steps: int) -> Method:
+    """EasyCache on sampling loops of ``steps`` steps (its HunyuanVideo script's default threshold is 0.025)."""
+    return host_cache_method(
+        f"EasyCache e={threshold}", "EasyCache", "host decision (transformation-rate estimate) between compiled "
+        "kernels",
+        lambda blocks, options: EasyCache(blocks, options.calls_per_step, options, steps, threshold),
     )
 
 

@@ -44,9 +44,10 @@ def latent_metrics(estimate: torch.Tensor, reference: torch.Tensor) -> tuple[flo
     return float(psnr), float(ssim)
 
 
-def benchmark_dit(quick: bool = False, steps: int = 20) -> BenchModel:
-    """The benchmark DiT (12 blocks, 1024 tokens), or a 4-block 64-token one with ``quick``."""
-    config = DiTConfig(hidden=64, heads=2, depth=4, frames=1, height=16, width=16) if quick else DiTConfig()
+def benchmark_dit(quick: bool = False, steps: int = 20, config: DiTConfig | None = None) -> BenchModel:
+    """The benchmark DiT (12 blocks, 1024 tokens), a 4-block 64-token one with ``quick``, or one of ``config``."""
+    if config is None:
+        config = DiTConfig(hidden=64, heads=2, depth=4, frames=1, height=16, width=16) if quick else DiTConfig()
     model = make_dit(config)
     noise = torch.randn(1, config.channels, config.frames, config.height, config.width,
                         generator=torch.Generator().manual_seed(0))
@@ -63,14 +64,16 @@ def benchmark_dit(quick: bool = False, steps: int = 20) -> BenchModel:
     )
 
 
-def world_model(quick: bool = False, weights: Path | None = None) -> BenchModel:
-    """The bundled world model rolling out held-out mazes with guidance (two calls per step)."""
+def world_model(quick: bool = False, weights: Path | None = None, steps: int | None = None) -> BenchModel:
+    """The bundled world model rolling out held-out mazes with guidance (two calls per step); ``steps`` per chunk
+    (10 with ``quick``, else 30, unless given)."""
     from hero_world.checkpoint import WEIGHTS_DIR, load_world_model
     from hero_world.data import HELD_OUT_SEEDS
     from hero_world.demo import psnr_rgb, ssim_rgb
     from hero_world.rollout import GUIDANCE, rollout_scenarios, scenario
 
-    seeds, chunks, steps = (1, 1, 10) if quick else (2, 2, 30)
+    seeds, chunks, default_steps = (1, 1, 10) if quick else (2, 2, 30)
+    steps = steps or default_steps
     model = load_world_model(weights or WEIGHTS_DIR)
     config = model.config
     scenarios = [scenario(seed, chunks, config) for seed in HELD_OUT_SEEDS[:seeds]]

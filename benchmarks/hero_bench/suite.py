@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hero_bench.harness import run_benchmark
-from hero_bench.host_caches import duca, first_block_cache, toca, worldcache
+from hero_bench.host_caches import duca, easycache, first_block_cache, teacache, toca, worldcache
 from hero_bench.methods import Lowering, Method, delta_dit, fora, hero_settings, taylorseer
 from hero_bench.models import BenchModel, benchmark_dit, cogvideox, world_model
 from hero_bench.tables import markdown, write_json, write_pareto_plot
@@ -18,9 +18,9 @@ MODELS: dict[str, Callable[..., BenchModel]] = {"world": world_model, "dit": ben
 def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
     """HERO at several intervals and each baseline at the settings its papers recommend and one faster one.
 
-    The host-side baselines (FBCache, ToCa, DuCa, WorldCache) are written for the DiT blocks of our own models;
-    on the diffusers model, diffusers' own hooks and cache-dit take their place (without ``quick``, at one
-    setting each, so that the benchmark fits an hour on 2 CPU cores)."""
+    The host-side baselines (FBCache, TeaCache, EasyCache, ToCa, DuCa, WorldCache) are written for the DiT blocks
+    of our own models; on the diffusers model, diffusers' own hooks and cache-dit take their place (without
+    ``quick``, at one setting each, so that the benchmark fits an hour on 2 CPU cores)."""
     if bench.name == "cogvideox":
         import logging
 
@@ -40,7 +40,8 @@ def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
                 delta_dit(bench.depth, 2), *peers]
     if quick:
         return [*hero_settings((2, 3)), fora(2), taylorseer(1, 3), delta_dit(bench.depth, 2),
-                first_block_cache(0.1), toca(0.25, 3), duca(0.25, 3), worldcache(0.2, bench.steps)]
+                first_block_cache(0.1), teacache(0.3, bench.steps), easycache(0.1, bench.steps), toca(0.25, 3),
+                duca(0.25, 3), worldcache(0.2, bench.steps)]
     # One setting per baseline where two would not fit the benchmark in an hour on 2 CPU cores; WorldCache,
     # the newest peer, at its Aether and its faster Voyager setting.
     return [
@@ -49,6 +50,8 @@ def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
         taylorseer(1, 3), taylorseer(2, 3),
         delta_dit(bench.depth, 2),
         first_block_cache(0.1),
+        teacache(0.3, bench.steps),
+        easycache(0.1, bench.steps),
         toca(0.25, 3),
         duca(0.25, 3),
         worldcache(0.2, bench.steps), worldcache(1.0, bench.steps, max_skips=6, warmup=0.1, chaotic=0.7),

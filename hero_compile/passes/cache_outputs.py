@@ -13,14 +13,15 @@ from hero_compile.passes.graph_surgery import append_outputs, copy_graph, new_gr
 
 
 def add_cache_outputs(
-    gm: fx.GraphModule, segment: DeepSegment | None, refresh_cached: Sequence[str]
+    gm: fx.GraphModule, segment: DeepSegment | None, refresh_cached: Sequence[str], stack_inputs: Sequence[str] = ()
 ) -> fx.GraphModule:
-    """Outputs after the original ones: each deep stream's feature, then the values refreshed blocks cache."""
+    """Outputs after the original ones: each deep stream's feature, the values refreshed blocks cache, then the
+    ``stack_inputs`` the adaptive schedule measures the change of."""
     graph, nodes = copy_graph(gm.graph)
     with graph.inserting_before(graph.output_node()):
         features = [_feature(graph, nodes, stream) for stream in (segment.streams if segment else ())]
-    append_outputs(graph, [*features, *(nodes[name] for name in refresh_cached)])
-    counters["hero"]["cache_outputs"] += len(features) + len(refresh_cached)
+    append_outputs(graph, [*features, *(nodes[name] for name in [*refresh_cached, *stack_inputs])])
+    counters["hero"]["cache_outputs"] += len(features) + len(refresh_cached) + len(stack_inputs)
     return new_graph_module(gm, graph)
 
 

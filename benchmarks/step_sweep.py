@@ -1,0 +1,159 @@
+"""Step-count sweep (issue 18): fixed and adaptive hero, TeaCache and EasyCache at 10, 20, 30 and 50 steps.
+
+For each model and step count, every method runs at a few settings through the benchmark harness (speed and
+quality only: ``run_benchmark(..., facts=False)``); the table keeps, per family, the setting whose speedup is
+closest to ``--target`` (about 2x), and, for fixed hero, the interval with the best PSNR among those within 0.25x
+of it (the best interval per step count). The plot draws PSNR against steps at those settings.
+
+Run: ``python benchmarks/step_sweep.py --models dit --steps 10 20 30 50 --out docs/step_sweep/dit`` (and
+``--models world --repeats 2 --out docs/step_sweep/world``): rows, a Markdown table and a plot in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hero_bench.harness import REFERENCE, run_benchmark
+from hero_bench.host_caches import easycache, teacache
+from hero_bench.methods import Method, hero_config_method
+from hero_bench.models import BenchModel, benchmark_dit, world_model
+
+from hero_compile.config import HeroConfig
+from hero_compile.testing.dit import DiTConfig
+
+SWEEP_DIT = DiTConfig(hidden=128, heads=4, depth=12, frames=1, height=32, width=32)
+"""The benchmark DiT's depth at a quarter of its tokens and half its width: the whole sweep fits 2 CPU cores."""
+
+MODELS: dict[str, Callable[[int], BenchModel]] = {
+    "dit": lambda steps: benchmark_dit(steps=steps, config=SWEEP_DIT),
+    # One held-out maze, one chunk: the two-maze, two-chunk rollout of the benchmark is 4x longer.
+    "world": lambda steps: world_model(quick=True, steps=steps),
+}
+FIXED_INTERVALS = {"dit": (2, 3, 4), "world": (2, 3)}
+# The stack input's distance per step is about 0.5 / steps on the DiT and 0.37 / steps on the world model.
+ADAPTIVE_THRESHOLDS = {"dit": (0.02, 0.03, 0.06, 0.12, 0.2), "world": (0.01, 0.02, 0.04, 0.08)}
+TEACACHE_THRESHOLDS = (0.1, 0.2)
+EASYCACHE_THRESHOLDS = (0.05, 0.1)
+FIXED, ADAPTIVE = "hero fixed", "hero adaptive"
+
+
+def methods(model: str, steps: int) -> list[Method]:
+    fixed = [hero_config_method(f"hero interval={n}", FIXED, HeroConfig(interval=n), "hero backend, fixed schedule")
+             for n in FIXED_INTERVALS[model]]
+    adaptive = [hero_config_method(f"hero adaptive l1={t}", ADAPTIVE,
+                                   HeroConfig(schedule="adaptive", adaptive_threshold=t),
+                                   "hero backend, adaptive schedule (in-graph estimate, read one call later)")
+                for t in ADAPTIVE_THRESHOLDS[model]]
+    return [*fixed, *adaptive, *(teacache(t, steps) for t in TEACACHE_THRESHOLDS),
+            *(easycache(t, steps) for t in EASYCACHE_THRESHOLDS)]
+
+
+def at_target(rows: list[dict[str, Any]], target: float) -> list[dict[str, Any]]:
+    """Per model, step count and family, the row nearest ``target``; for fixed hero the best PSNR within 0.25x of
+    the nearest speedup."""
+    families: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["method"] != REFERENCE:
+            families[row["model"], row["steps"], row["family"]].append(row)
+    chosen = []
+    for (_, _, family), members in families.items():
+        nearest = min(members, key=lambda r: abs(r["speedup"] - target))
+        if family == FIXED:
+            close = [r for r in members if abs(r["speedup"] - nearest["speedup"]) <= 0.25]
+            nearest = max(close, key=lambda r: r["psnr_vs_full"] or float("inf"))
+        chosen.append(nearest)
+    return chosen
+
+
+def _quality(row: dict[str, Any]) -> str:
+    text = f"{row['psnr_vs_full']:.1f}" if row["psnr_vs_full"] is not None else "exact"
+    return text + (f" ({row['psnr_vs_truth']:.2f})" if "psnr_vs_truth" in row else "")
+
+
+def markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]], command: str) -> str:
+    """The settings nearest the target per step count, then every setting: speedup and PSNR vs full compute
+    (in parentheses, PSNR vs ground truth where the model has one)."""
+    lines = [f"Regenerate with `{command}`.", "", "| model | steps | family | setting | speedup | PSNR |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['steps']} | {r['family']} | {r['method']} | {r['speedup']:.2f}x | "
+              f"{_quality(r)} |" for r in chosen]
+    steps = sorted({r["steps"] for r in rows})
+    lines += ["", "Every setting, speedup / PSNR:", "", "| model | setting | " + " | ".join(f"{n} steps" for n in steps)
+              + " |", "|---|---|" + "---|" * len(steps)]
+    cells: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+    for r in rows:
+        cells[r["model"], r["method"]][r["steps"]] = f"{r['speedup']:.2f}x / {_quality(r)}"
+    lines += [f"| {model} | {method} | " + " | ".join(by_steps.get(n, "") for n in steps) + " |"
+              for (model, method), by_steps in cells.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(chosen: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in chosen})
+    figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in chosen:
+            if r["model"] == model and r["psnr_vs_full"] is not None:
+                families[r["family"]].append(r)
+        for family, members in families.items():
+            members.sort(key=lambda r: r["steps"])
+            axis.plot([r["steps"] for r in members], [r["psnr_vs_full"] for r in members], marker="o", label=family)
+            for r in members:
+                axis.annotate(f"{r['speedup']:.1f}x", (r["steps"], r["psnr_vs_full"]), fontsize=7)
+        axis.set(title=f"{model}: at about the target speedup", xlabel="denoising steps",
+                 ylabel="PSNR vs full compute (dB)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["dit"], choices=sorted(MODELS))
+    parser.add_argument("--steps", nargs="+", type=int, default=[10, 20, 30, 50])
+    parser.add_argument("--lowering", default="inductor", choices=["inductor", "aot_eager", "eager"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--target", type=float, default=2.0)
+    # One thread: on a machine shared with other jobs, two threads contend and time far worse.
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("docs/step_sweep"))
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    for model in args.models:
+        for steps in args.steps:
+            bench = MODELS[model](steps)
+            for row in run_benchmark(bench, methods(model, steps), lowering=args.lowering, repeats=args.repeats,
+                                     threads=args.threads, facts=False):
+                rows.append(row | {"steps": steps})
+    command = "python benchmarks/step_sweep.py " + " ".join(
+        [f"--models {' '.join(args.models)}", f"--steps {' '.join(map(str, args.steps))}",
+         f"--lowering {args.lowering}", f"--repeats {args.repeats}", f"--threads {args.threads}", f"--out {args.out}"])
+    print(write_results(rows, args.target, args.out, command))
+
+
+def write_results(rows: list[dict[str, Any]], target: float, out: Path, command: str) -> str:
+    """``rows.json``, ``step_sweep.md`` and ``step_sweep.png`` in ``out``; returns the Markdown."""
+    chosen = at_target(rows, target)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows.json").write_text(json.dumps(rows, indent=2) + "\n")
+    text = markdown(rows, chosen, command)
+    (out / "step_sweep.md").write_text(text)
+    plot(chosen, out / "step_sweep.png")
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""The adaptive schedule (``HeroConfig(schedule="adaptive")``): one graph, decisions from host values only, one
+decision per step for every call of it, the threshold's two ends, and the in-graph estimate against eager."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from conftest import Call, Recorder, assert_no_recompiles, recompile_report
+
+from hero_compile import HeroBackend, HeroConfig
+from hero_compile.adaptive import AdaptiveSchedule, HostReading
+from hero_compile.runtime import HeroRuntime
+from hero_compile.testing.dit import DiT, DiTConfig, flow_matching_sample, make_dit, patchify
+from hero_compile.testing.sampling import euler_flow_matching
+
+SMALL = DiTConfig(hidden=32, heads=2, depth=4, frames=1, height=8, width=8)
+STEPS = 16
+CAP = 3
+
+
+def adaptive(threshold: float, lowering: str = "aot_eager", **fields: Any) -> HeroConfig:
+    return HeroConfig(lowering=lowering, schedule="adaptive", adaptive_threshold=threshold,  # type: ignore[arg-type]
+                      max_cheap_steps=CAP, **fields)
+
+
+@pytest.fixture(scope="module")
+def model() -> DiT:
+    return make_dit(SMALL)
+
+
+@pytest.fixture(scope="module")
+def noise() -> torch.Tensor:
+    return torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+
+
+def run(model: DiT, noise: torch.Tensor, config: HeroConfig, generations: int = 1) -> tuple[torch.Tensor, Recorder]:
+    backend = HeroBackend(config)
+    recorder = Recorder(torch.compile(model, backend=backend, fullgraph=True), backend)
+    with torch.no_grad():
+        outputs = [flow_matching_sample(recorder, noise, STEPS) for _ in range(generations)]
+    return outputs[-1], recorder
+
+
+def cheap_runs(calls: list[Call]) -> list[int]:
+    """Lengths of the runs of consecutive cheap calls."""
+    runs = [0]
+    for call in calls:
+        if call.full:
+            runs.append(0)
+        else:
+            runs[-1] += 1
+    return [n for n in runs if n]
+
+
+def test_one_graph_no_recompiles_with_fullgraph(model: DiT, noise: torch.Tensor) -> None:
+    _, recorder = run(model, noise, adaptive(0.05), generations=2)
+    assert_no_recompiles(recompile_report())
+    (graph,) = recorder.backend.stats().graphs
+    assert graph.accelerated and graph.cheap_calls > 0 and graph.full_calls > 2 * 2
+
+
+def test_threshold_zero_computes_every_step_as_plain_compile(model: DiT, noise: torch.Tensor) -> None:
+    output, recorder = run(model, noise, adaptive(0.0))
+    assert all(call.full for call in recorder.calls)
+    with torch.no_grad():
+        plain = flow_matching_sample(torch.compile(model, backend="aot_eager", fullgraph=True), noise, STEPS)
+    assert torch.equal(output, plain)
+
+
+def test_a_huge_threshold_runs_cheap_steps_up_to_the_cap(model: DiT, noise: torch.Tensor) -> None:
+    _, recorder = run(model, noise, adaptive(1e30))
+    warmup = HeroConfig().warmup_steps
+    assert all(call.full for call in recorder.calls[:warmup])
+    runs = cheap_runs(recorder.calls)
+    assert runs[:-1] == [CAP] * (len(runs) - 1) and 0 < runs[-1] <= CAP
+
+
+def test_the_estimate_equals_the_eager_relative_l1_distance_of_the_stack_input(
+        model: DiT, noise: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cheap calls measure the distance from the last full step (in the graph), full calls from the one before."""
+    measured: list[tuple[int, int, float]] = []
+    reading_init = HostReading.__init__
+
+    def keep(self: HostReading, step: int, since_full_step: int, value: torch.Tensor) -> None:
+        measured.append((step, since_full_step, float(value)))
+        reading_init(self, step, since_full_step, value)
+
+    monkeypatch.setattr(HostReading, "__init__", keep)
+    _, recorder = run(model, noise, adaptive(0.08))
+
+    def stack_input(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model.patch_embed(patchify(x, SMALL.patch)) + model.pos_embed
+
+    expected: list[tuple[int, int, float]] = []
+    full: tuple[int, torch.Tensor] | None = None
+    for step, call in enumerate(recorder.calls):
+        current = stack_input(call.inputs[0])
+        if full is not None:
+            distance = float((current - full[1]).abs().sum() / full[1].abs().sum())
+            expected.append((step, full[0], distance))
+        if call.full:
+            full = (step, current)
+    assert sum(not call.full for call in recorder.calls) > 2 and any(call.full for call in recorder.calls[3:])
+    assert [m[:2] for m in measured] == [e[:2] for e in expected]
+    torch.testing.assert_close([m[2] for m in measured], [e[2] for e in expected], rtol=1e-5, atol=1e-7)
+
+
+def guided(model: Callable[..., torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+    """Guidance as two calls per step; the second call's input moves faster, so that its own distances would
+    call for full steps earlier than the first call's."""
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cond = model(x, t)
+        uncond = model(x * (1.0 + 4.0 * (1.0 - t / 1000.0)), t)
+        return uncond + 2.0 * (cond - uncond)
+
+    with torch.no_grad():
+        return euler_flow_matching(velocity, noise, STEPS)
+
+
+def test_both_calls_of_a_guided_step_take_the_same_decision(model: DiT, noise: torch.Tensor) -> None:
+    backend = HeroBackend(adaptive(0.1))
+    recorder = Recorder(torch.compile(model, backend=backend, fullgraph=True), backend)
+    guided(recorder, noise)
+    calls = recorder.calls
+    assert len(calls) == 2 * STEPS
+    decisions = [(cond.full, uncond.full) for cond, uncond in zip(calls[::2], calls[1::2])]
+    assert all(a == b for a, b in decisions), decisions
+    assert {full for full, _ in decisions} == {True, False}
+
+
+@dataclass
+class CallClock:
+    """The runtime calls so far, and the call each reading was started by."""
+
+    calls: int = 0
+    started_by: dict[int, int] = field(default_factory=dict)
+    """``id(reading)``: the call that started it (the schedule keeps every reading alive until it is read)."""
+
+    def age(self, reading: HostReading) -> int:
+        """Calls begun since ``reading``'s call."""
+        return self.calls - self.started_by[id(reading)]
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[CallClock]:
+    clock = CallClock()
+    runtime_call, reading_init = HeroRuntime.__call__, HostReading.__init__
+
+    def counted_call(self: HeroRuntime, *inputs: Any) -> Any:
+        clock.calls += 1
+        return runtime_call(self, *inputs)
+
+    def tagged_init(self: HostReading, *args: Any) -> None:
+        reading_init(self, *args)
+        clock.started_by[id(self)] = clock.calls
+
+    monkeypatch.setattr(HeroRuntime, "__call__", counted_call)
+    monkeypatch.setattr(HostReading, "__init__", tagged_init)
+    yield clock
+
+
+READS = ("item", "tolist", "__float__", "__int__", "__bool__", "numpy")
+"""What reads a tensor's value on the host (on a device tensor: a wait for the device)."""
+
+
+def test_the_decision_reads_only_host_values_from_earlier_calls(
+        model: DiT, noise: torch.Tensor, monkeypatch: pytest.MonkeyPatch, clock: CallClock) -> None:
+    """Every tensor value the schedule reads, deciding or recording, is the host copy of a reading started by an
+    earlier call: never a value of this call's graph, never a device tensor (on a GPU that would wait)."""
+    read: list[tuple[torch.Tensor, HostReading | None, int]] = []
+    readings: dict[int, HostReading] = {}
+    originals = {name: getattr(torch.Tensor, name) for name in READS if hasattr(torch.Tensor, name)}
+
+    def spy(name: str) -> Callable[..., Any]:
+        def read_value(tensor: torch.Tensor, *a: Any, **k: Any) -> Any:
+            reading = readings.get(id(tensor))
+            read.append((tensor, reading, clock.age(reading) if reading is not None else 0))
+            return originals[name](tensor, *a, **k)
+        return read_value
+
+    def watched(method: Callable[..., Any]) -> Callable[..., Any]:
+        def run_watched(self: AdaptiveSchedule, *args: Any) -> Any:
+            readings.update((id(reading._host), reading) for reading in self.pending)
+            with monkeypatch.context() as patch:
+                for name in originals:
+                    patch.setattr(torch.Tensor, name, spy(name))
+                return method(self, *args)
+        return run_watched
+
+    for name in ("is_full", "ran_cheap", "ran_full"):
+        monkeypatch.setattr(AdaptiveSchedule, name, watched(getattr(AdaptiveSchedule, name)))
+    guided(torch.compile(model, backend=HeroBackend(adaptive(0.1)), fullgraph=True), noise)
+    assert read, "the decisions read the readings"
+    for tensor, reading, age in read:
+        assert reading is not None and reading._host is tensor, "the schedule read a tensor that is no reading"
+        assert age >= 1, "the schedule read a reading started by the current call"
+
+
+def test_readings_still_on_their_way_are_not_waited_for(
+        model: DiT, noise: torch.Tensor, monkeypatch: pytest.MonkeyPatch, clock: CallClock) -> None:
+    """A device that lags three calls behind: the decision goes on with the readings that have landed and never
+    reads one still on its way."""
+    monkeypatch.setattr(HostReading, "ready", lambda self: clock.age(self) >= 3)
+    value = HostReading.value
+    seen: list[int] = []
+
+    def checked_value(self: HostReading) -> float:
+        assert clock.age(self) >= 3, "read before its copy landed"
+        seen.append(clock.age(self))
+        return value(self)
+
+    monkeypatch.setattr(HostReading, "value", checked_value)
+    run(model, noise, adaptive(0.05))
+    assert seen, "readings are used once they land"
