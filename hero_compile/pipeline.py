@@ -29,7 +29,7 @@ from hero_compile.passes.discover_blocks import BlockStack, discover_blocks
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.estimate_change import add_change_estimate, stack_input_streams
 from hero_compile.passes.extrapolate import extrapolate_deep_segment, plan_deep_segment
-from hero_compile.passes.graph_surgery import without_dead_code
+from hero_compile.passes.graph_surgery import runs_collectives, without_dead_code
 from hero_compile.passes.input_roles import find_input_roles, placeholders
 from hero_compile.passes.measure_variability import add_variability_outputs, measured_examples, zero_previous_outputs
 from hero_compile.passes.plan_refresh import RefreshPlan, plan_refresh
@@ -85,6 +85,12 @@ class VariantBuilder:
     def runtime(self) -> HeroRuntime:
         """Discover and plan; with a known split, the runtime starts with its variants, otherwise it first
         measures the variability profile with the ``measuring`` variant."""
+        if self.config.schedule == "adaptive" and runs_collectives(self.gm.graph):
+            # Each rank would measure its own token shard and read it when its copy lands: ranks could take
+            # different decisions, and their collectives would no longer pair up.
+            self.config = self.config.replace(schedule="fixed")
+            self.stats.schedule_reason = ("the adaptive schedule decides from values each rank measures on its own "
+                                          "shard under context parallelism; the fixed schedule runs instead")
         roles = find_input_roles(self.gm, self.config.timestep_input)
         self.stats.timestep_input = placeholders(self.gm)[roles.timestep_index].name
         self.stack = stack = discover_blocks(self.gm)

@@ -31,6 +31,7 @@ class GraphStats:
         tokens_refreshed_per_cheap_step: per refreshed shallow block, tokens recomputed on a cheap step.
         refresh_skipped: per shallow block that runs in full on cheap steps, the reason it is not refreshed.
         fallback_reason: why the graph was compiled without acceleration, or ``None`` if it was accelerated.
+        schedule_reason: why the configured schedule is not the one in use, or ``None`` if it is.
     """
 
     graph_id: int
@@ -47,6 +48,7 @@ class GraphStats:
     tokens_refreshed_per_cheap_step: dict[str, int] = field(default_factory=dict)
     refresh_skipped: dict[str, str] = field(default_factory=dict)
     fallback_reason: str | None = None
+    schedule_reason: str | None = None
 
     @property
     def accelerated(self) -> bool:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import Call, Recorder, assert_no_recompiles, recompile_report
+from torch import nn
+from torch.distributed import _functional_collectives as functional_collectives
 
 from hero_compile import HeroBackend, HeroConfig
 from hero_compile.adaptive import AdaptiveSchedule, HostReading
@@ -217,3 +221,36 @@ def test_readings_still_on_their_way_are_not_waited_for(
     monkeypatch.setattr(HostReading, "value", checked_value)
     run(model, noise, adaptive(0.05))
     assert seen, "readings are used once they land"
+
+
+class AllReducedBlocks(nn.Module):
+    """Blocks that all-reduce their output over the process group, as context-parallel attention communicates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 16)
+        self.blocks = nn.ModuleList(nn.Linear(16, 16) for _ in range(3))
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + torch.sin(timestep)[:, None, None]
+        for block in self.blocks:
+            h = h + functional_collectives.all_reduce(torch.tanh(block(h)), "sum", dist.group.WORLD)
+        return self.out(h)
+
+
+def test_the_adaptive_schedule_is_refused_under_context_parallelism(tmp_path: Path) -> None:
+    """Ranks measuring their own shards could decide differently and hang: a graph that communicates runs the
+    fixed schedule, and stats() says why."""
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        backend = HeroBackend(adaptive(0.0))
+        compiled = torch.compile(AllReducedBlocks(), backend=backend, fullgraph=True)
+        with torch.no_grad():
+            euler_flow_matching(compiled, torch.randn(1, 8, 4), 12)
+    finally:
+        dist.destroy_process_group()
+    (graph,) = backend.stats().graphs
+    assert graph.schedule_reason is not None and "context parallelism" in graph.schedule_reason
+    # threshold 0 would run every step in full; the fixed schedule runs cheap steps
+    assert graph.accelerated and graph.cheap_calls > 0, graph.fallback_reason
