@@ -21,7 +21,7 @@ from hero_bench.host_caches import (
     toca,
     worldcache,
 )
-from hero_bench.methods import BuildOptions, Method, fora, full_compute, hero_settings, taylorseer
+from hero_bench.methods import BuildOptions, Method, fora, full_compute, hero_hierarchy, hero_settings, taylorseer
 from hero_bench.models import BenchModel, latent_metrics
 from hero_bench.suite import run_suite
 from hero_bench.tables import matched_quality, pareto_front
@@ -214,7 +214,7 @@ REQUIRED = {"model": str, "method": str, "speedup": float, "psnr_vs_full": (floa
 @pytest.fixture(scope="module")
 def tiny_rows() -> list[dict[str, Any]]:
     # FORA N=8 reuses the first step's features for the whole generation: the broken method the bars must reject
-    methods = [*hero_settings((3,)), fora(2), first_block_cache(0.05), toca(0.5, 3), fora(8)]
+    methods = [*hero_settings((3,)), *hero_hierarchy((3,)), fora(2), first_block_cache(0.05), toca(0.5, 3), fora(8)]
     return run_benchmark(tiny_bench(), methods, lowering="aot_eager", repeats=1, threads=1, progress=False)
 
 
@@ -230,7 +230,7 @@ def test_rows_have_the_schema_and_full_compute_is_the_reference(tiny_rows: list[
 
 def test_rows_record_compile_behaviour(tiny_rows: list[dict[str, Any]]) -> None:
     rows = {r["method"]: r for r in tiny_rows}
-    for name in ("full", "hero interval=3", "FORA N=2"):  # in-graph methods: one graph, no breaks
+    for name in ("full", "hero interval=3", "hero hierarchy interval=3", "FORA N=2"):  # in-graph: one graph
         assert rows[name]["fullgraph_ok"] and rows[name]["graphs"] == 1 and rows[name]["graph_breaks"] == 0
         assert rows[name]["recompiles"] == 0
     for name in ("FBCache r=0.05", "ToCa 50% N=3"):  # host-side decisions break the graph

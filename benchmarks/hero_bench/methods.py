@@ -90,6 +90,15 @@ def hero_settings(intervals: tuple[int, ...] = (2, 3, 4, 6)) -> list[Method]:
     ]
 
 
+def hero_hierarchy(intervals: tuple[int, ...] = (3,)) -> list[Method]:
+    """HERO's hierarchy: residual caching, the split measured over the first steps, the shallow blocks refreshed."""
+    return [
+        hero_config_method(f"hero hierarchy interval={n}", "hero hierarchy",
+                           HeroConfig(cache_target="residual", interval=n), "hero backend, cache_target='residual'")
+        for n in intervals
+    ]
+
+
 def fora(interval: int) -> Method:
     config = HeroConfig(split=0, cache_target="residual", extrapolation_order=0, token_refresh=False,
                         interval=interval, warmup_steps=1, final_full_steps=0)

@@ -8,7 +8,7 @@ from typing import Any
 
 from hero_bench.harness import run_benchmark
 from hero_bench.host_caches import duca, easycache, first_block_cache, teacache, toca, worldcache
-from hero_bench.methods import Lowering, Method, delta_dit, fora, hero_settings, taylorseer
+from hero_bench.methods import Lowering, Method, delta_dit, fora, hero_hierarchy, hero_settings, taylorseer
 from hero_bench.models import BenchModel, benchmark_dit, cogvideox, world_model
 from hero_bench.tables import markdown, write_json, write_pareto_plot
 
@@ -36,16 +36,17 @@ def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
             from hero_bench.cache_dit import cache_dit_methods
 
             peers += cache_dit_methods(bench.depth, bench.steps)[: 2 if quick else 1]
-        return [*hero_settings((2, 3) if quick else (2, 3, 4, 6)), fora(2), taylorseer(1, 3),
+        return [*hero_settings((2, 3) if quick else (2, 3, 4, 6)), *hero_hierarchy((2, 3)), fora(2), taylorseer(1, 3),
                 delta_dit(bench.depth, 2), *peers]
     if quick:
-        return [*hero_settings((2, 3)), fora(2), taylorseer(1, 3), delta_dit(bench.depth, 2),
+        return [*hero_settings((2, 3)), *hero_hierarchy((2, 3)), fora(2), taylorseer(1, 3), delta_dit(bench.depth, 2),
                 first_block_cache(0.1), teacache(0.3, bench.steps), easycache(0.1, bench.steps), toca(0.25, 3),
                 duca(0.25, 3), worldcache(0.2, bench.steps)]
     # One setting per baseline where two would not fit the benchmark in an hour on 2 CPU cores; WorldCache,
     # the newest peer, at its Aether and its faster Voyager setting.
     return [
         *hero_settings((2, 3, 4, 6)),
+        *hero_hierarchy((2, 3)),
         fora(2),
         taylorseer(1, 3), taylorseer(2, 3),
         delta_dit(bench.depth, 2),
