@@ -20,10 +20,14 @@ TESTS = ["tests/test_reference.py", "tests/test_reliability.py", "-k", "not indu
 
 def run(mutation: str) -> tuple[bool, str]:
     """Whether the tests pass with ``mutation`` applied ("" for none), and the first failing test."""
-    env = {**os.environ, "HERO_MUTATION": mutation, "PYTHONPATH": str(ROOT / "scripts")}
+    # COLUMNS: pytest drops the failure's message from a summary line wider than the terminal.
+    env = {**os.environ, "HERO_MUTATION": mutation, "PYTHONPATH": str(ROOT / "scripts"), "COLUMNS": "1000"}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "mutations", *TESTS],
                           cwd=ROOT, env=env, capture_output=True, text=True)
-    failed = re.search(r"^FAILED (\S+)", done.stdout, re.MULTILINE)
+    failed = re.search(r"^FAILED (\S+) - (.*)$", done.stdout, re.MULTILINE)
+    if failed and "assert" not in failed.group(2).lower():
+        # An exception, not a failed check: the breakage itself is broken, it proves nothing.
+        return True, f"ERROR {failed.group(1)}: {failed.group(2)}"
     return done.returncode == 0, failed.group(1) if failed else ""
 
 
@@ -37,7 +41,8 @@ def main() -> int:
     for name in MUTATIONS:
         survived, caught_by = run(name)
         missed |= survived
-        print(f"| {name.replace('_', ' ')} | {'NOT CAUGHT' if survived else f'`{caught_by}`'} |", flush=True)
+        verdict = (caught_by or "NOT CAUGHT") if survived else f"`{caught_by}`"
+        print(f"| {name.replace('_', ' ')} | {verdict} |", flush=True)
     return 1 if missed else 0
 
 

@@ -55,12 +55,12 @@ def cfg_slots_swapped() -> None:
     """A cheap call of a classifier-free-guidance step reads the caches the other call's full steps wrote."""
     original = runtime.HeroRuntime._run_cheap
 
-    def swapped(self: runtime.HeroRuntime, inputs: Any, time: float, slot: runtime.CallSlot, variants: Any) -> Any:
+    def swapped(self: runtime.HeroRuntime, inputs: Any, time: float, slot: runtime.CallSlot, *rest: Any) -> Any:
         state = next(iter(self._states.values()))
         other = state.slots.get(1 - state.slot) if state.slot < 2 else None
         if other is not None and other.input_shapes == slot.input_shapes:
             slot = other
-        return original(self, inputs, time, slot, variants)
+        return original(self, inputs, time, slot, *rest)
 
     runtime.HeroRuntime._run_cheap = swapped  # type: ignore[method-assign]
 
@@ -69,9 +69,9 @@ def refresh_cache_not_updated() -> None:
     """Cheap steps do not write their refreshed tokens back: the refresh caches stay those of the last full step."""
     original = runtime.HeroRuntime._run_cheap
 
-    def stale(self: runtime.HeroRuntime, inputs: Any, time: float, slot: runtime.CallSlot, variants: Any) -> Any:
+    def stale(self: runtime.HeroRuntime, inputs: Any, time: float, slot: runtime.CallSlot, *rest: Any) -> Any:
         caches, finite = slot.refresh_caches, slot.refresh_caches_finite
-        outputs = original(self, inputs, time, slot, variants)
+        outputs = original(self, inputs, time, slot, *rest)
         slot.refresh_caches, slot.refresh_caches_finite = caches, finite
         return outputs
 
@@ -82,9 +82,9 @@ def history_not_updated() -> None:
     """Full steps after the first do not enter the extrapolation history."""
     original = runtime.HeroRuntime._run_full
 
-    def frozen(self: runtime.HeroRuntime, inputs: Any, time: float, slot: Any, variants: Any) -> Any:
+    def frozen(self: runtime.HeroRuntime, inputs: Any, time: float, slot: Any, *rest: Any) -> Any:
         history = list(slot.history) if slot is not None else None
-        outputs = original(self, inputs, time, slot, variants)
+        outputs = original(self, inputs, time, slot, *rest)
         if slot is not None and history:
             slot.history.clear()
             slot.history.extend(history)

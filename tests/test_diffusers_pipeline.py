@@ -62,8 +62,8 @@ def references() -> dict[tuple[int, int], torch.Tensor]:
     return {(frames, steps): generate(pipe, frames, steps) for frames, steps in ((9, 12), (9, 8), (5, 12))}
 
 
-# measured 55.8 dB; 46.1 with extrapolation off (scripts/calibrate_bars.py)
-BAR_DB = 51.0
+# measured 55.8 dB; 46.4 with extrapolation off, 50.9 with the CFG slots swapped (scripts/calibrate_bars.py)
+BAR_DB = 53.0
 
 
 @pytest.mark.parametrize("two_calls", [
