@@ -45,7 +45,7 @@ def main() -> None:
 
     runs = {name: partial(generate, name) for name in transformers}
     for run in runs.values():
-        run()  # warm-up, untimed: compiles, and hero measures where to split the blocks in its first generation
+        run()  # warm-up, untimed: compiles (hero compiles its full and cheap variants)
     seconds = alternated_medians(runs, REPEATS)
 
     print(f"timing: wall time of one pipeline call ({STEPS} steps, guidance batched, {torch.get_num_threads()} "

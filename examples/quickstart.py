@@ -30,7 +30,7 @@ with torch.no_grad():  # inference_mode tensors differ from the noise: Dynamo wo
     reference = flow_matching_sample(model, noise, steps=STEPS)
     runs = {name: partial(generate, name) for name in compiled}
     for run in runs.values():
-        run()  # warm-up, untimed: compiles, and hero measures where to split the blocks in its first generation
+        run()  # warm-up, untimed: compiles (hero compiles its full and cheap variants)
     seconds = alternated_medians(runs, REPEATS)
 
 print(f"timing: wall time of one {STEPS}-step generation (batch 1, {torch.get_num_threads()} threads), after one "
