@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import fresh_dynamo
 from refresh_models import StyledTransformer
 from test_reference import (
     INDUCTOR_TOLERANCE,
@@ -78,7 +79,9 @@ def first_generation(case: Case, hero: Hero) -> list[float]:
 
 @pytest.fixture(scope="module")
 def measured() -> MeasuredRun:
-    """One compiled model for the measuring, full and refresh paths (three Inductor compilations)."""
+    """One compiled model for the measuring, full and refresh paths (three Inductor compilations). Built before
+    the per-test reset: forget what earlier modules compiled, or Dynamo makes the token count dynamic."""
+    fresh_dynamo()
     case = transposed_case()
     hero = compile_hero(case, MEASURED)
     errors = first_generation(case, hero)
