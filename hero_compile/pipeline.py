@@ -29,7 +29,7 @@ from hero_compile.passes.discover_blocks import BlockStack, discover_blocks
 from hero_compile.passes.errors import RewriteUnsupported
 from hero_compile.passes.estimate_change import add_change_estimate, stack_input_streams
 from hero_compile.passes.extrapolate import extrapolate_deep_segment, plan_deep_segment
-from hero_compile.passes.graph_surgery import runs_collectives, without_dead_code
+from hero_compile.passes.graph_surgery import live_nodes, runs_collectives, without_dead_code
 from hero_compile.passes.input_roles import find_input_roles, placeholders
 from hero_compile.passes.measure_variability import add_variability_outputs, measured_examples, zero_previous_outputs
 from hero_compile.passes.plan_refresh import RefreshPlan, plan_refresh
@@ -133,7 +133,7 @@ class VariantBuilder:
             segment = plan_deep_segment(self.gm, stack, last, "output", self.config.extrapolation_order + 1)
         except RewriteUnsupported:
             return False
-        alive = {node.name for node in without_dead_code(extrapolate_deep_segment(self.gm, segment)).graph.nodes}
+        alive = live_nodes(extrapolate_deep_segment(self.gm, segment).graph)
         return not any(name in alive for block in stack.blocks[:last] for name in block.nodes)
 
     def _saved_profile(self) -> VariabilityProfile | None:
@@ -169,11 +169,12 @@ class VariantBuilder:
         self.stats.tokens_refreshed_per_cheap_step = {plan.block.path: tokens for plan in refresh.blocks}
 
         cheap = None
-        stack_inputs = stack_input_streams(gm, stack) if config.schedule == "adaptive" else []
+        stack_inputs: list[str] = []  # with the adaptive schedule and a cheap variant: what its estimate reads
         if segment is not None or refresh.blocks:
             if refresh.blocks:
                 cheap_gm = refresh_shallow_blocks(cheap_gm, refresh.blocks, tokens, config.kv_source == "cache")
-            if stack_inputs:
+            if config.schedule == "adaptive":
+                stack_inputs = stack_input_streams(gm, stack)
                 cheap_gm = add_change_estimate(cheap_gm, stack_inputs)
             cheap = LazyVariant(without_dead_code(cheap_gm), partial(self.lower, "cheap"))
         refresh_cached = [name for plan in refresh.blocks for name in plan.cached_values(config.kv_source == "cache")]
@@ -182,9 +183,9 @@ class VariantBuilder:
             num_streams=len(segment.streams) if segment else 0,
             history_length=config.extrapolation_order + 1,
             num_refresh_caches=len(refresh_cached),
-            num_stack_inputs=len(stack_inputs) if cheap is not None else 0,
+            num_stack_inputs=len(stack_inputs),
         )
-        full_gm = add_cache_outputs(gm, segment, refresh_cached, stack_inputs[: spec.num_stack_inputs])
+        full_gm = add_cache_outputs(gm, segment, refresh_cached, stack_inputs)
         if call_inputs is None:
             full = self.lower("full", full_gm, self.example_inputs)
         else:
