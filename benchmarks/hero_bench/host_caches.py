@@ -77,6 +77,15 @@ def _nbytes(value: Any) -> int:
     return 0
 
 
+def _loop_position(step: int, steps: int, cache: dict[str, Any]) -> int:
+    """``step``'s position in its sampling loop of ``steps`` steps; the cache is dropped when a loop starts (a new
+    rollout chunk), as the peers' reference code starts a fresh cache per pipeline call."""
+    position = step % steps
+    if position == 0:
+        cache.clear()
+    return position
+
+
 def _run_blocks(blocks: nn.ModuleList, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary) -> torch.Tensor:
     for block in blocks:
         h = _call_block(block, h, cond, rotary)
@@ -128,9 +137,7 @@ class AccumulatedChangeCache(HostCachedStack):
 
     def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
             ) -> torch.Tensor:
-        position = step % self.steps
-        if position == 0:
-            cache.clear()
+        position = _loop_position(step, self.steps, cache)
         change = self.change(h, cond, cache)
         forced = position < self.warmup_steps or position == self.steps - 1
         if not forced and change is not None and "residual" in cache:
@@ -390,9 +397,7 @@ class WorldCache(HostCachedStack):
 
     def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
             ) -> torch.Tensor:
-        position = step % self.steps
-        if position == 0:
-            cache.clear()
+        position = _loop_position(step, self.steps, cache)
         if self._predictable(position, cache):
             return self._predict(position - cache["position"], cache)
         out = self.compute(self.blocks, h, cond, rotary)
