@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hero_compile.config import HeroConfig
+from hero_compile.host_copy import HostCopy
 from hero_compile.schedule import is_forced_full_step
 
 
@@ -29,29 +30,20 @@ def relative_l1_distance(values: Sequence[torch.Tensor], references: Sequence[to
 
 
 class HostReading:
-    """A 0-d device tensor on its way to the host: readable once :meth:`ready`, which never waits."""
+    """A measured distance on its way to the host (:class:`~hero_compile.host_copy.HostCopy`)."""
 
     def __init__(self, step: int, since_full_step: int, value: torch.Tensor) -> None:
         self.step = step
         self.since_full_step = since_full_step
         """The full step the measured distance is from."""
-        self._copied: torch.cuda.Event | None = None
-        if value.device.type == "cuda":
-            self._host = torch.empty((), dtype=torch.float32, pin_memory=True)
-            self._host.copy_(value.detach(), non_blocking=True)
-            self._copied = torch.cuda.Event()
-            self._copied.record()
-        else:
-            # A CPU tensor's copy is synchronous and free; other accelerators copy with a wait.
-            self._host = value.detach().to("cpu", torch.float32, copy=True)
+        self._copy = HostCopy(value.float())
 
     def ready(self) -> bool:
-        return self._copied is None or self._copied.query()
+        return self._copy.ready()
 
     def value(self) -> float:
         """The distance per step since :attr:`since_full_step`."""
-        assert self.ready(), "a reading is read only once its copy has landed"
-        return float(self._host) / (self.step - self.since_full_step)
+        return float(self._copy.value()) / (self.step - self.since_full_step)
 
 
 @dataclass

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 
-def _is_distributed() -> bool:
+def is_distributed() -> bool:
+    """Whether this process is one of several ranks of a process group."""
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -23,7 +24,7 @@ def _is_distributed() -> bool:
 
 def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """``values`` summed over every rank (a copy; ``values`` itself when there is a single process)."""
-    if not _is_distributed():
+    if not is_distributed():
         return values
     import torch.distributed as dist
 
@@ -34,7 +35,7 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
 
 def on_every_rank(flags: torch.Tensor) -> torch.Tensor:
     """Boolean ``flags`` that hold on every rank (themselves when there is a single process)."""
-    if not _is_distributed():
+    if not is_distributed():
         return flags
     import torch.distributed as dist
 

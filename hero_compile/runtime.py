@@ -16,9 +16,11 @@ import torch
 
 from hero_compile.adaptive import AdaptiveSchedule, relative_l1_distance
 from hero_compile.config import HeroConfig
-from hero_compile.distributed import on_every_rank
+from hero_compile.distributed import is_distributed, on_every_rank
+from hero_compile.host_copy import HostCopy, read_now
 from hero_compile.schedule import extrapolation_coefficients, is_full_step
 from hero_compile.stats import GraphStats
+from hero_compile.timestep_reads import Timestep, TimestepReads, rises
 from hero_compile.token_selection import TokenSelector
 from hero_compile.variability import VariabilityProfile, VariabilityRecorder
 from hero_compile.variants import CompiledFn, InputRoles, Variants, compile_session
@@ -40,8 +42,17 @@ class SplitMeasurement:
     """The variants of the split the measured profile chooses, built during a call with these inputs."""
 
 
-Timestep = tuple[float, ...]
-"""The values of a call's timestep input: one per sample (or per frame, for diffusion forcing)."""
+class FiniteFlag:
+    """Whether cached tensors are all finite: computed on the device when they are cached, read on the host once
+    its copy has landed (no wait). Under context parallelism it is read at once instead, agreed by every rank."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.on_device = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+        self._copy = None if is_distributed() else HostCopy(self.on_device)
+
+    def known_non_finite(self) -> bool:
+        """True once the copy has landed and says non-finite; a flag still on its way counts as finite."""
+        return self._copy is not None and self._copy.ready() and not bool(self._copy.value())
 
 
 @dataclass
@@ -50,8 +61,7 @@ class CachedStep:
 
     time: float
     features: list[torch.Tensor]
-    finite: torch.Tensor
-    """On the device: whether every feature is finite (read only when a cheap step would use them)."""
+    finite: FiniteFlag
 
 
 @dataclass
@@ -66,22 +76,26 @@ class CallSlot:
     """This slot's refresh subsets and token staleness; ``None`` when no block is refreshed."""
     refresh_caches: list[torch.Tensor] = field(default_factory=list)
     """Latest full-token values the refreshed shallow blocks cache (outputs, and keys and values if cached)."""
-    refresh_caches_finite: torch.Tensor | None = None
+    refresh_caches_finite: FiniteFlag | None = None
     previous_block_outputs: list[torch.Tensor] | None = None
     """While the split is measured: every block's outputs at this slot's previous step."""
     full_stack_inputs: list[torch.Tensor] = field(default_factory=list)
     """With the adaptive schedule: the block stack's input streams at this slot's last full step."""
 
     def drop_non_finite(self) -> None:
-        """Forget cached features that hold a NaN or an infinity (one small device-to-host read), so that a
-        non-finite step does not poison the cheap steps after it."""
+        """Forget cached features that hold a NaN or an infinity, so that a non-finite step does not poison the
+        cheap steps after it (from the call its flag reaches the host on)."""
         flags = [entry.finite for entry in self.history]
         if self.refresh_caches_finite is not None:
             flags.append(self.refresh_caches_finite)
         if not flags:
             return
-        # Agreed across ranks: a rank that dropped its history alone would run full while its peers ran cheap.
-        finite = on_every_rank(torch.stack(flags)).tolist()
+        if is_distributed():
+            # Agreed across ranks, at once: a rank that dropped its history alone would run full while its peers
+            # ran cheap.
+            finite = read_now(on_every_rank(torch.stack([f.on_device for f in flags]))).tolist()
+        else:
+            finite = [not flag.known_non_finite() for flag in flags]
         if not all(finite[: len(self.history)]):
             self.history = deque((e for e, ok in zip(self.history, finite) if ok), maxlen=self.history.maxlen)
         if self.refresh_caches_finite is not None and not finite[-1]:
@@ -100,11 +114,12 @@ class GenerationState:
     slots: dict[int, CallSlot] = field(default_factory=dict)
     adaptive: AdaptiveSchedule = field(default_factory=AdaptiveSchedule)
     """The adaptive schedule's decisions and readings (unused by the fixed schedule)."""
+    reads: TimestepReads = field(default_factory=TimestepReads)
 
     def advance(self, timestep: Timestep) -> bool:
         """Place a call with ``timestep``; returns True when it starts a new generation: the first call, or a
         timestep that rises (its largest value, or any value of a timestep of the same length)."""
-        if self.timestep is None or _rises(timestep, self.timestep):
+        if self.timestep is None or rises(timestep, self.timestep):
             if self.timesteps:
                 self.previous_timesteps = self.timesteps
             self.timesteps, self.step, self.slot = [timestep], 0, 0
@@ -136,12 +151,6 @@ class GenerationState:
                             selector.fresh_copy() if selector is not None else None)
             self.slots[self.slot] = slot
         return slot
-
-
-def _rises(timestep: Timestep, previous: Timestep) -> bool:
-    if max(timestep) > max(previous):
-        return True
-    return len(timestep) == len(previous) and any(t > p for t, p in zip(timestep, previous))
 
 
 class HeroRuntime:
@@ -214,8 +223,13 @@ class HeroRuntime:
         timestep_input = inputs[self.roles.timestep_index]
         if timestep_input.numel() == 0:  # an empty batch: no step to place, nothing to cache
             return self._run_statelessly(inputs)
-        timestep: Timestep = tuple(timestep_input.detach().reshape(-1).tolist())
         state = self._state_for(inputs)
+        timestep = state.reads.read(timestep_input)
+        missed = state.reads.take_miss()
+        if missed is not None:
+            # Calls since the miss may have been placed wrongly: start a new generation, in full.
+            self.stats.record_timestep_miss(missed)
+            state.timestep, state.timesteps = None, []
         new_generation = state.advance(timestep)
         if new_generation:
             self.stats.count_generation()
@@ -268,7 +282,7 @@ class HeroRuntime:
         self.stats.count_call(cheap=False)
         n = len(results) - len(measured) - 1
         if slot is not None:
-            slot.previous_block_outputs = [o.detach() for o in results[n:-1]]
+            slot.previous_block_outputs = _keep(results[n:-1], reuse=previous or ())
             if previous is not None:
                 measurement.recorder.record(state.step, results[-1])
         return results[:n]
@@ -281,21 +295,23 @@ class HeroRuntime:
         distance = None
         if slot is not None:
             if streams:
-                features = [_cacheable(f) for f in results[n : n + streams]]
-                slot.history.appendleft(CachedStep(time, features, _all_finite(features)))
+                # The entry about to leave the history lends its buffers to the new one.
+                full = len(slot.history) == slot.history.maxlen
+                features = _keep(results[n : n + streams], reuse=slot.history[-1].features if full else ())
+                slot.history.appendleft(CachedStep(time, features, FiniteFlag(features)))
             stack_inputs = n + streams + variants.spec.num_refresh_caches
             self._keep_refresh_caches(slot, results[n + streams : stack_inputs])
-            previous, slot.full_stack_inputs = slot.full_stack_inputs, [_cacheable(x) for x in results[stack_inputs:]]
-            if previous:
-                distance = relative_l1_distance(slot.full_stack_inputs, previous)
+            if slot.full_stack_inputs:
+                distance = relative_l1_distance(results[stack_inputs:], slot.full_stack_inputs)
+            slot.full_stack_inputs = _keep(results[stack_inputs:], reuse=slot.full_stack_inputs)
             if slot.selector is not None:
                 slot.selector.mark_all_fresh()
         state.adaptive.ran_full(state.step, distance)
         return results[:n]
 
     def _keep_refresh_caches(self, slot: CallSlot, caches: Sequence[torch.Tensor]) -> None:
-        slot.refresh_caches = [_cacheable(c) for c in caches]
-        slot.refresh_caches_finite = _all_finite(slot.refresh_caches) if slot.refresh_caches else None
+        slot.refresh_caches = _keep(caches, reuse=slot.refresh_caches)
+        slot.refresh_caches_finite = FiniteFlag(slot.refresh_caches) if slot.refresh_caches else None
 
     def _cheap_allowed(self, state: GenerationState, slot: CallSlot, variants: Variants) -> bool:
         # Under autograd the caches would hold graph history; HERO is for sampling, so grad mode runs full.
@@ -367,14 +383,21 @@ class HeroRuntime:
             return None
 
 
-def _all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+def _keep(values: Sequence[torch.Tensor], reuse: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+    """Copies of ``values`` in memory the runtime owns, written into the buffers of ``reuse`` where they fit.
 
-
-def _cacheable(value: torch.Tensor) -> torch.Tensor:
-    # One layout for every cache tensor: Inductor asserts the strides its inputs were compiled with, and a
-    # full step may return a view (transposed keys) where a cheap step returns a fresh tensor.
-    return value.detach().contiguous()
+    A compiled variant may write its outputs' memory again on its next call (a CUDA graph's replay does), so no
+    output is kept as it is. The copies are contiguous, one layout for every cache tensor: Inductor asserts the
+    strides its inputs were compiled with, and a full step may return a view (transposed keys) where a cheap
+    step returns a fresh tensor.
+    """
+    kept = []
+    for i, value in enumerate(values):
+        buffer = reuse[i] if i < len(reuse) else None
+        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (value.shape, value.dtype, value.device):
+            buffer = torch.empty(value.shape, dtype=value.dtype, device=value.device)
+        kept.append(buffer.copy_(value.detach()))
+    return kept
 
 
 def _describe(value: Any) -> Any:

@@ -32,6 +32,8 @@ class GraphStats:
         refresh_skipped: per shallow block that runs in full on cheap steps, the reason it is not refreshed.
         fallback_reason: why the graph was compiled without acceleration, or ``None`` if it was accelerated.
         schedule_reason: why the configured schedule is not the one in use, or ``None`` if it is.
+        timestep_misses: calls whose timestep, predicted from the previous generation to spare a device read,
+            turned out different (each restarts its generation in full; see ``hero_compile.timestep_reads``).
     """
 
     graph_id: int
@@ -49,6 +51,7 @@ class GraphStats:
     refresh_skipped: dict[str, str] = field(default_factory=dict)
     fallback_reason: str | None = None
     schedule_reason: str | None = None
+    timestep_misses: int = 0
 
     @property
     def accelerated(self) -> bool:
@@ -59,6 +62,11 @@ class GraphStats:
     def record_fallback(self, reason: object) -> None:
         log.warning("hero: graph %d is compiled without acceleration: %s", self.graph_id, reason)
         self.fallback_reason = str(reason)
+
+    def record_timestep_miss(self, reason: str) -> None:
+        log.warning("hero: graph %d restarts its generation: %s (call hero_compile.reset() before a generation "
+                    "that departs from the previous one)", self.graph_id, reason)
+        self.timestep_misses += 1
 
     def count_generation(self) -> None:
         self.generations += 1

@@ -157,7 +157,8 @@ class VariabilityRecorder:
         """Keep the sums of a call at ``step`` (one row per call: CFG calls are averaged per step). Under context
         parallelism they are summed over the ranks' token shards: every rank then measures the variability of
         the whole sequence, and fixes the split a single process would."""
-        self.rows.append((step, sum_over_ranks(sums.detach())))
+        # A copy: the measuring variant may write its outputs' memory again on its next call (CUDA graph replay).
+        self.rows.append((step, sum_over_ranks(sums.detach().clone())))
 
     @property
     def measured(self) -> bool:

@@ -189,7 +189,7 @@ def test_the_decision_reads_only_host_values_from_earlier_calls(
 
     def watched(method: Callable[..., Any]) -> Callable[..., Any]:
         def run_watched(self: AdaptiveSchedule, *args: Any) -> Any:
-            readings.update((id(reading._host), reading) for reading in self.pending)
+            readings.update((id(reading._copy._host), reading) for reading in self.pending)
             with monkeypatch.context() as patch:
                 for name in originals:
                     patch.setattr(torch.Tensor, name, spy(name))
@@ -201,7 +201,7 @@ def test_the_decision_reads_only_host_values_from_earlier_calls(
     guided(torch.compile(model, backend=HeroBackend(adaptive(0.1)), fullgraph=True), noise)
     assert read, "the decisions read the readings"
     for tensor, reading, age in read:
-        assert reading is not None and reading._host is tensor, "the schedule read a tensor that is no reading"
+        assert reading is not None and reading._copy._host is tensor, "the schedule read a tensor that is no reading"
         assert age >= 1, "the schedule read a reading started by the current call"
 
 

@@ -25,7 +25,8 @@ CORE_MODULES = {
     "hero_compile.passes.extrapolate", "hero_compile.passes.graph_surgery", "hero_compile.passes.input_roles",
     "hero_compile.passes.measure_variability", "hero_compile.passes.plan_refresh", "hero_compile.passes.refresh",
     "hero_compile.passes.token_axis", "hero_compile.passes.token_grid", "hero_compile.adaptive",
-    "hero_compile.passes.estimate_change", "hero_compile.distributed",
+    "hero_compile.passes.estimate_change", "hero_compile.distributed", "hero_compile.host_copy",
+    "hero_compile.timestep_reads",
 }
 
 # A fresh interpreter: build the model from torch alone, compile it once with plain aot_eager (what torch itself

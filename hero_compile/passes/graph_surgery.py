@@ -33,6 +33,10 @@ def new_graph_module(original: fx.GraphModule, graph: fx.Graph) -> fx.GraphModul
     graph.lint()
     module = fx.GraphModule(original, graph)
     module.meta.update(original.meta)
+    # With it, AOTAutograd takes the inputs Dynamo marked static (the weights) for static: CUDA graphs then read
+    # them in place instead of copying every weight into the graph's memory on each replay.
+    if hasattr(original, "_param_name_to_source"):
+        module._param_name_to_source = original._param_name_to_source
     # AOTAutograd reads the Dynamo source of every input of a graph Dynamo captured (dynamic shapes): the
     # copied inputs keep theirs, the inputs a pass added have none.
     sources = {node.name: getattr(node, "_dynamo_source", None) for node in original.graph.find_nodes(op="placeholder")}
