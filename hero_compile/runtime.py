@@ -282,7 +282,8 @@ class HeroRuntime:
         self.stats.count_call(cheap=False)
         n = len(results) - len(measured) - 1
         if slot is not None:
-            slot.previous_block_outputs = _keep(results[n:-1], reuse=previous or ())
+            # The measuring variant takes them back: in the layout it returns them in.
+            slot.previous_block_outputs = _keep(results[n:-1], reuse=previous or (), same_strides=True)
             if previous is not None:
                 measurement.recorder.record(state.step, results[-1])
         return results[:n]
@@ -383,21 +384,27 @@ class HeroRuntime:
             return None
 
 
-def _keep(values: Sequence[torch.Tensor], reuse: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+def _keep(values: Sequence[torch.Tensor], reuse: Sequence[torch.Tensor] = (), same_strides: bool = False
+          ) -> list[torch.Tensor]:
     """Copies of ``values`` in memory the runtime owns, written into the buffers of ``reuse`` where they fit.
 
     A compiled variant may write its outputs' memory again on its next call (a CUDA graph's replay does), so no
-    output is kept as it is. The copies are contiguous, one layout for every cache tensor: Inductor asserts the
-    strides its inputs were compiled with, and a full step may return a view (transposed keys) where a cheap
-    step returns a fresh tensor.
+    output is kept as it is. Inductor asserts the strides its inputs were compiled with: the copies are
+    contiguous, one layout for every cache tensor (a full step may return a view, transposed keys, where a cheap
+    step returns a fresh tensor), or with ``same_strides`` in the layout of ``values``.
     """
     kept = []
     for i, value in enumerate(values):
         buffer = reuse[i] if i < len(reuse) else None
-        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (value.shape, value.dtype, value.device):
-            buffer = torch.empty(value.shape, dtype=value.dtype, device=value.device)
+        if buffer is None or _layout(buffer, same_strides) != _layout(value, same_strides):
+            buffer = (torch.empty_like(value) if same_strides
+                      else torch.empty(value.shape, dtype=value.dtype, device=value.device))
         kept.append(buffer.copy_(value.detach()))
     return kept
+
+
+def _layout(value: torch.Tensor, with_strides: bool) -> tuple[Any, ...]:
+    return value.shape, value.stride() if with_strides else None, value.dtype, value.device
 
 
 def _describe(value: Any) -> Any:
