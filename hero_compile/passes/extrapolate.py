@@ -5,7 +5,8 @@ before them) as far as it depends on those blocks. Each value the rest of the gr
 (hidden states; text states in dual-stream models). Its cached feature is the segment's residual (output
 minus the segment's input of the same stream) or its output. On a cheap step the segment is removed and
 every stream is predicted as ``sum_i coefficients[i] * history_i`` (plus the current input for residuals):
-the coefficients are a tensor input computed on the host, so one graph serves every step and order.
+the coefficients are a tensor input computed on the host, so one graph serves every step and order. The history
+is kept in the model's dtype; a half-precision stream's prediction is accumulated in float32 and cast back once.
 """
 
 from __future__ import annotations
@@ -160,19 +161,43 @@ def extrapolate_deep_segment(gm: fx.GraphModule, segment: DeepSegment) -> fx.Gra
     inside = segment.nodes
     with graph.inserting_before(nodes[segment.blocks[0].nodes[0]]):
         for stream, features in zip(segment.streams, history):
-            prediction = _weighted_sum(graph, coefficients, features)
-            if stream.base is not None:
-                prediction = graph.call_function(operator.add, (nodes[stream.base], prediction))
-            nodes[stream.output].replace_all_uses_with(prediction, delete_user_cb=lambda user: user.name not in inside)
+            output = nodes[stream.output]
+            base = None if stream.base is None else nodes[stream.base]
+            prediction = _prediction(graph, coefficients, features, base, _dtype(output))
+            output.replace_all_uses_with(prediction, delete_user_cb=lambda user: user.name not in inside)
     counters["hero"]["deep_blocks_extrapolated"] += len(segment.blocks)
     counters["hero"]["tail_nodes_skipped"] += len(segment.tail)
     return new_graph_module(gm, graph)
 
 
-def _weighted_sum(graph: fx.Graph, coefficients: fx.Node, features: list[fx.Node]) -> fx.Node:
+def _dtype(node: fx.Node) -> torch.dtype | None:
+    value = node.meta.get("example_value")
+    return value.dtype if isinstance(value, torch.Tensor) else None
+
+
+def _prediction(graph: fx.Graph, coefficients: fx.Node, features: list[fx.Node], base: fx.Node | None,
+                dtype: torch.dtype | None) -> fx.Node:
+    """``base + sum_i coefficients[i] * features[i]`` (no ``base`` when the output is cached) in the stream's
+    ``dtype``, accumulated in float32 when that dtype is narrower: the weighted differences of nearly equal
+    features (weights such as 2, -1) would otherwise round in half precision. Float32 streams get no casts."""
+    wide = torch.promote_types(dtype, torch.float32) if dtype is not None and dtype.is_floating_point else dtype
+    if wide == dtype:
+        return _weighted_sum(graph, coefficients, features, base)
+
+    counters["hero"]["deep_streams_accumulated_in_float32"] += 1
+
+    def upcast(value: fx.Node) -> fx.Node:
+        return graph.call_method("to", (value, wide))
+
+    total = _weighted_sum(graph, coefficients, [upcast(f) for f in features], None if base is None else upcast(base))
+    return graph.call_method("to", (total, dtype))
+
+
+def _weighted_sum(graph: fx.Graph, coefficients: fx.Node, features: list[fx.Node], base: fx.Node | None
+                  ) -> fx.Node:
     total: fx.Node | None = None
     for i, feature in enumerate(features):
         term = graph.call_function(operator.mul, (graph.call_function(operator.getitem, (coefficients, i)), feature))
         total = term if total is None else graph.call_function(operator.add, (total, term))
     assert total is not None
-    return total
+    return total if base is None else graph.call_function(operator.add, (base, total))
