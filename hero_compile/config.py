@@ -37,7 +37,9 @@ class HeroConfig:
         kv_source: where a refreshed block's attention takes keys and values on a cheap step: ``"current"``
             projects every token's current input (exact attention over fresh context, costs the key/value
             projections of all tokens) or ``"cache"`` projects only the refreshed tokens and reads the others
-            from a per-block key/value cache (cheaper, staler context, more memory).
+            from a per-block key/value cache (cheaper, staler context, more memory). Keys and values of a
+            data-dependent length (text tokens packed with ``nonzero()``, as Mochi does) have no cache of fixed
+            size and are always projected from the current input.
         patch_size: side, in tokens, of the square spatial patches the refresh subset is balanced over (>= 1).
         warmup_steps: denoising steps computed in full at the start of a generation (>= 0). They fill the
             extrapolation history; fewer than ``extrapolation_order + 1`` lowers the order used early on.

@@ -13,11 +13,14 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_no_recompiles, fresh_dynamo, recompile_report
+from conftest import assert_no_recompiles, capture_graph, fresh_dynamo, recompile_report
 from models import euler
+from test_refresh import REFRESH_ONLY
 
 from hero_compile import GraphStats, HeroBackend, HeroConfig
 from hero_compile.measurement import psnr_over_reference_range
+from hero_compile.passes.discover_blocks import discover_blocks
+from hero_compile.passes.plan_refresh import plan_refresh
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -227,6 +230,45 @@ def test_hierarchy_under_inductor_equals_aot_eager(name: str) -> None:
     assert graph.accelerated and graph.fallback_reason is None and graph.generations == 2 and graph.cheap_calls > 0
     assert graph.split_reason is not None and graph.split_reason.startswith("profiled over steps")
     assert (graph.split, graph.tokens_refreshed_per_cheap_step) == (aot.split, aot.tokens_refreshed_per_cheap_step)
-    assert bool(graph.tokens_refreshed_per_cheap_step) == (name != "mochi"), graph.refresh_skipped
+    assert graph.tokens_refreshed_per_cheap_step, graph.refresh_skipped
     for result, want in zip(results, expected):
         assert float((result - want).abs().max() / want.abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_ratio_one_refresh_equals_full_compute(name: str) -> None:
+    """Every block shallow (the split is capped at the stack's depth) and refreshed at ratio 1: each cheap call
+    recomputes every token through the rewritten blocks (gathers, scatters, resized views, splits and pads) and
+    equals the eager model. Mochi's blocks pack the valid text tokens with ``nonzero()``."""
+    torch.manual_seed(0)
+    case = CASES[name]()
+    case.model.eval()
+    backend = HeroBackend(HeroConfig(refresh_ratio=1.0, split=64, **REFRESH_ONLY))
+    compiled = torch.compile(case.model, backend=backend, fullgraph=True)
+    with torch.no_grad():
+        for t in (900.0, 800.0, 700.0):
+            sample, timestep = torch.randn_like(case.sample), torch.tensor([t])
+            torch.testing.assert_close(case.call(compiled, sample, timestep), case.call(case.model, sample, timestep),
+                                       atol=1e-5, rtol=0)
+    (graph,) = backend.stats().graphs
+    assert graph.cheap_calls == 2 and not graph.refresh_skipped
+    assert list(graph.tokens_refreshed_per_cheap_step) == graph.blocks
+
+
+class Called(torch.nn.Module):
+    """A case's model called as the loop calls it, for capturing its graph."""
+
+    def __init__(self, case: Case) -> None:
+        super().__init__()
+        self.model, self.call = case.model, case.call
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.call(self.model, sample, timestep)
+
+
+def test_mochi_token_grid_is_read_through_its_per_frame_patch_embedding() -> None:
+    """Mochi folds the frames into the batch, embeds each frame's 2 x 2 patches, then merges the frames with each
+    frame's flattened height x width: the refresh subset is balanced over (frames, height, width) in tokens."""
+    case = mochi()
+    gm = capture_graph(Called(case), case.sample, torch.tensor([500.0]))
+    assert plan_refresh(gm, gm, discover_blocks(gm), split=1).token_grid == (2, 4, 4)

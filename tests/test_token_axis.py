@@ -160,3 +160,74 @@ def test_a_norm_over_the_tokens_is_rejected_with_the_node_named() -> None:
     _, _, stats = run_steps(model, HeroConfig(split=2, **REFRESH_ONLY), (torch.randn(1, 8, 4),), [900.0, 800.0])
     assert set(stats.refresh_skipped) == {"blocks.0", "blocks.1"}
     assert all("(normalize): normalization over the token axis" in r for r in stats.refresh_skipped.values())
+
+
+class PackedTextBlock(nn.Module):
+    """Mochi's joint attention: the text tokens the mask keeps, packed with ``nonzero()`` (a run of data-dependent
+    length) after the video tokens, transposed to heads first, attended over, padded back to all the text tokens
+    and split into the two streams."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.text_qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.text_out = nn.Linear(hidden, hidden)
+
+    def split_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(b, n, 3 * hidden)`` -> queries, keys and values ``(b, n, heads, head_dim)``."""
+        return [t.unflatten(-1, (self.heads, -1)) for t in x.chunk(3, dim=-1)]
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, text_tokens = x.shape[1], text.shape[1]
+        valid = torch.nonzero(mask.flatten()).flatten()
+        streams = zip(self.split_heads(self.qkv(x * (1 + cond))), self.split_heads(self.text_qkv(text)))
+        packed = [torch.cat([video, words[:, valid]], dim=1).transpose(1, 2) for video, words in streams]
+        attention = F.scaled_dot_product_attention(*packed)
+        attention = F.pad(attention, (0, 0, 0, tokens + text_tokens - attention.size(2)))
+        video, words = attention.transpose(1, 2).flatten(2).split_with_sizes((tokens, text_tokens), dim=1)
+        return x + self.out(video), text + self.text_out(words)
+
+
+class PackedTextModel(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(4, hidden)
+        self.time = nn.Linear(1, hidden)
+        self.blocks = nn.ModuleList(PackedTextBlock(hidden, heads) for _ in range(2))
+        self.out = nn.Linear(hidden, 4)
+        self.eval()
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, timestep: torch.Tensor
+                ) -> torch.Tensor:
+        cond = torch.tanh(self.time(timestep[:1, None] / 1000.0))
+        h = self.embed(x)
+        for block in self.blocks:
+            h, text = block(h, text, mask, cond)
+        return self.out(h)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    tokens=st.sampled_from([4, 8]),
+    heads=st.sampled_from([1, 2]),
+    equal_to=st.sampled_from(["head_dim", "hidden"]),
+    valid=st.integers(min_value=0, max_value=3),
+)
+def test_text_packed_with_nonzero_after_the_tokens_is_followed_to_its_pad(
+    tokens: int, heads: int, equal_to: str, valid: int
+) -> None:
+    """The packed text is a fixed run of data-dependent length beside the refreshed tokens: the subset attends
+    to ``k + valid`` queries, pads back to ``k + 3`` and splits ``(k, 3)``."""
+    hidden = {"head_dim": tokens * heads, "hidden": tokens}[equal_to]
+    model = PackedTextModel(hidden, heads)
+    x, text = torch.randn(1, tokens, 4), torch.randn(1, 3, hidden)
+    mask = (torch.arange(3) < valid).float()[None]
+    config = HeroConfig(refresh_ratio=0.5, patch_size=1, split=2, **REFRESH_ONLY)
+    outputs, expected, stats = run_steps(model, config, (x, text, mask), [900.0, 500.0])
+    assert not stats.refresh_skipped and stats.cheap_calls == 1, stats.refresh_skipped
+    every_token, fresh = refreshed_or_stale(outputs[1], expected[1], expected[0], 1)
+    assert every_token and fresh == stats.tokens_refreshed_per_cheap_step["blocks.0"]

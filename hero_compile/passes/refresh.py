@@ -13,7 +13,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.fx as fx
@@ -44,8 +44,17 @@ class BlockRefresh:
 
     def cached_values(self, cache_keys_values: bool) -> list[str]:
         """What the block caches: its output, then each attention's keys and values if they are cached."""
-        keys_values = [name for _, key, value in self.axes.attention.values() for name in (key, value)]
-        return [self.cached_output, *(keys_values if cache_keys_values else [])]
+        keys_values = [name for attention in self.cached_attention(cache_keys_values)
+                       for name in self.axes.attention[attention][1:]]
+        return [self.cached_output, *keys_values]
+
+    def cached_attention(self, cache_keys_values: bool) -> list[str]:
+        """The attention nodes whose keys and values are cached. Keys and values of data-dependent length (text
+        tokens packed with ``nonzero()``) have no cache of static size: they are computed from every token."""
+        if not cache_keys_values:
+            return []
+        return [name for name, (_, key, value) in self.axes.attention.items()
+                if all(_static(self.axes.axis(n)) for n in (key, value))]
 
 
 def plan_block_refresh(block: Block, axes: TokenAxisMap, stream_input: str) -> BlockRefresh:
@@ -109,8 +118,10 @@ class _BlockRewrite:
     def apply(self, caches: list[fx.Node], cache_keys_values: bool) -> list[fx.Node]:
         graph, nodes, plan, axes = self.graph, self.nodes, self.plan, self.plan.axes
         output_cache, *key_value_caches = caches
-        key_value_path = set() if cache_keys_values else _ancestors_in_block(
-            [nodes[name] for _, key, value in axes.attention.values() for name in (key, value)], set(plan.block.nodes)
+        cached_attention = plan.cached_attention(cache_keys_values)
+        key_value_path = _ancestors_in_block(
+            [nodes[name] for attention, (_, key, value) in axes.attention.items() if attention not in cached_attention
+             for name in (key, value)], set(plan.block.nodes)
         )
         updated_keys_values: list[fx.Node] = []
         with graph.inserting_before(nodes[plan.block.nodes[-1]].next):
@@ -118,13 +129,13 @@ class _BlockRewrite:
                 if name not in axes.axes:
                     continue
                 node, axis = nodes[name], axes.axis(name)
-                if name in key_value_path and axis is not None:
+                if name in key_value_path and _static(axis):
                     # Computed for all tokens for the keys and values anyway: gather instead of recomputing.
                     self.subset[name] = graph.call_function(torch.index_select, (node, axis.dim, self._index(axis)))
                 elif name in axes.attention:
                     query, key, value = (nodes[n] for n in axes.attention[name])
                     assert callable(node.target)
-                    if cache_keys_values:
+                    if name in cached_attention:
                         key = self._scatter(key_value_caches.pop(0), key)
                         value = self._scatter(key_value_caches.pop(0), value)
                         updated_keys_values += [key, value]
@@ -175,9 +186,9 @@ class _BlockRewrite:
                 else:
                     # A function, not a tensor method: AOTAutograd's cache bypasses methods on added values.
                     device = graph.call_function(getattr, (self.indices, "device"))
-                    parts.append(graph.call_function(torch.arange, (offset, offset + segment.length),
+                    parts.append(graph.call_function(torch.arange, (offset, offset + segment.static_length),
                                                      {"device": device}))
-                offset += segment.length
+                offset += segment.static_length
             self.layout_indices[axis.layout] = parts[0] if len(parts) == 1 else graph.call_function(torch.cat, (parts,))
         return self.layout_indices[axis.layout]
 
@@ -199,6 +210,11 @@ class _BlockRewrite:
             sizes = [b - a for a, b in pairwise(mapped)]
             node.args = (node.args[0], sizes, *node.args[2:])
             node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("split_size_or_sections", "split_sizes")}
+
+
+def _static(axis: TokenAxis | None) -> TypeGuard[TokenAxis]:
+    """Whether ``axis`` has a static length: runs of data-dependent length are computed, never gathered."""
+    return axis is not None and axis.length is not None
 
 
 def _ancestors_in_block(roots: Sequence[object], in_block: set[str]) -> set[str]:

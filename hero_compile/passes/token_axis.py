@@ -6,8 +6,10 @@ elementwise ops by broadcasting alignment, and so on. Values with no token axis 
 are shared by all tokens. External inputs that broadcast against the token axis (rotary tables, positional
 embeddings) are recorded so the refresh rewrite can gather them. Dual-stream blocks concatenate text and video
 tokens: the axis then has a *layout*, a sequence of segments that are either refreshed (the subset is kept) or
-fixed (always computed in full), and slices or splits along it must fall on segment boundaries. The analysis
-never infers an axis from a size: a token count equal to head_dim, hidden size or frame count works alike.
+fixed (always computed in full), and slices or splits along it must fall on segment boundaries. A fixed segment
+may have a data-dependent length (Mochi packs its valid text tokens with ``nonzero()`` after the video tokens):
+it is followed through concatenation, transposes and attention until a pad gives it back a static length. The
+analysis never infers an axis from a size: a token count equal to head_dim, hidden size or frame count works alike.
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ class Segment:
     """A run of positions along a token axis: the refreshed stream's tokens, or fixed tokens (e.g. text)."""
 
     refreshed: bool
-    length: int
+    length: int | None
+    """``None`` for fixed tokens whose count depends on data (packed with ``nonzero()``)."""
+
+    @property
+    def static_length(self) -> int:
+        """``length``, where the analysis has made sure it is static: runs of data-dependent length are never
+        cut, resized or gathered."""
+        assert self.length is not None, "a run of data-dependent length reached a static-length rewrite"
+        return self.length
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,10 @@ class TokenAxis:
     layout: tuple[Segment, ...]
 
     @property
-    def length(self) -> int:
-        return sum(s.length for s in self.layout)
+    def length(self) -> int | None:
+        """The dimension's size, ``None`` where it depends on data."""
+        lengths = [s.length for s in self.layout]
+        return None if None in lengths else sum(length for length in lengths if length is not None)
 
     @property
     def refreshed(self) -> bool:
@@ -53,7 +65,7 @@ class TokenAxis:
 
     def subset_length(self, refresh_count: int) -> int:
         """The dimension's size when the refreshed segment holds ``refresh_count`` tokens."""
-        return sum(refresh_count if s.refreshed else s.length for s in self.layout)
+        return sum(refresh_count if s.refreshed else s.static_length for s in self.layout)
 
     def subset_position(self, position: int, refresh_count: int) -> int:
         """A segment boundary in full coordinates, in subset coordinates."""
@@ -61,8 +73,8 @@ class TokenAxis:
         for segment in self.layout:
             if offset == position:
                 return mapped
-            offset += segment.length
-            mapped += refresh_count if segment.refreshed else segment.length
+            offset += segment.static_length
+            mapped += refresh_count if segment.refreshed else segment.static_length
         assert offset == position, "positions are checked to be segment boundaries"
         return mapped
 
@@ -191,14 +203,14 @@ class _Rule:
         return RewriteUnsupported(f"token axis lost at node {self.node.name!r} ({_op_name(self.node)}): {why}")
 
     def output_axis(self) -> NodeAxis | None:
-        if free_unbacked_symbols(self.node.meta.get("example_value")) and any(
-            self.axis_of(a) is not None for a in flat_args(self.node)
-        ):
-            raise self.reject(
-                "its size depends on data (tokens packed with nonzero()): token refresh needs a static length for "
-                "every run of tokens beside the refreshed ones; no compile setting changes this, a model that masks "
-                "its padded tokens instead of packing them is refreshed")
         rule = _rule_for(self.node)
+        if (free_unbacked_symbols(self.node.meta.get("example_value"))
+                and rule not in _FOLLOW_DATA_DEPENDENT_RUNS
+                and any(self.axis_of(a) is not None for a in flat_args(self.node))):
+            raise self.reject(
+                "its size depends on data (values packed with nonzero()): a run of tokens of data-dependent length "
+                "beside the refreshed ones is followed through cat, transpose and attention to the pad that gives "
+                "it a static length, not through this op")
         if rule in (_elementwise, _concatenate):
             assert rule is not None
             return rule(self)
@@ -218,6 +230,8 @@ class _Rule:
         known = self.analysis.token_inputs.get(arg.name)
         if known is not None and known != axis:
             raise self.reject(f"input {arg.name!r} is read with two different token axes")
+        if axis.length is None:
+            raise self.reject(f"input {arg.name!r} lines up with tokens of data-dependent length")
         if _tensor(arg).shape[axis.dim] != axis.length:
             raise self.reject(f"input {arg.name!r} broadcasts against the tokens with another length")
         self.analysis.token_inputs[arg.name] = axis
@@ -319,10 +333,35 @@ def _concatenate(rule: _Rule) -> NodeAxis | None:
     # Along the token axis (joint text+video attention): the layouts follow each other.
     layout: list[Segment] = []
     for tensor, tensor_axis in zip(tensors, axes):
-        layout.extend(tensor_axis.layout if tensor_axis else (Segment(False, int(_tensor(tensor).shape[token_dim])),))
+        run = Segment(False, _run_length(_tensor(tensor).shape[token_dim]))
+        layout.extend(tensor_axis.layout if tensor_axis else (run,))
     if sum(s.refreshed for s in layout) > 1:
         raise rule.reject("two refreshed token runs on one axis")
-    return TokenAxis(token_dim, tuple(layout))
+    return TokenAxis(token_dim, _settled(rule, layout, _tensor(rule.node).shape[token_dim]))
+
+
+def _run_length(size: Any) -> int | None:
+    """A fixed run's length: ``None`` where it depends on data (a size ``nonzero()`` packed values to)."""
+    return None if free_unbacked_symbols(size) else int(size)
+
+
+def _settled(rule: _Rule, layout: list[Segment], size: Any) -> tuple[Segment, ...]:
+    """``layout`` with each fixed run of data-dependent length merged with the fixed runs beside it (the
+    boundaries between them are unknown) and, where the axis has a static ``size`` and one such run is left, its
+    length found as the difference: Mochi's packed text padded back to all of the text."""
+    runs: list[Segment] = []
+    for segment in layout:
+        if runs and not (segment.refreshed or runs[-1].refreshed) and None in (segment.length, runs[-1].length):
+            runs[-1] = Segment(False, None)
+        else:
+            runs.append(segment)
+    unknown = [s for s in runs if s.length is None]
+    if len(unknown) != 1 or not isinstance(size, int):
+        return tuple(runs)
+    length = size - sum(s.length for s in runs if s.length is not None)
+    if length < 0:
+        raise rule.reject("padding crops the refreshed tokens")
+    return tuple(Segment(False, length) if s.length is None else s for s in runs)
 
 
 def _stack(rule: _Rule) -> NodeAxis | None:
@@ -439,14 +478,47 @@ def _repeat_interleave(rule: _Rule) -> NodeAxis | None:
     return axis
 
 
+def _pad(rule: _Rule) -> NodeAxis | None:
+    """``F.pad`` with zeros: along the token axis, fixed runs of padding before and after the tokens.
+
+    Mochi pads its attention output (video tokens, then the valid text tokens packed with ``nonzero()``) back to
+    video plus all text tokens. Dynamo bakes the amount, ``(N + E) - (N + valid)``, from literals and the packed
+    count: it never reads the refreshed tokens, so the subset pads by the same amount and the padded text run
+    keeps its length E, which the static size of the output gives. Its literals need no rewrite.
+    """
+    node = rule.node
+    source = _argument(node, 0, "input", None)
+    axis = rule.tensor_axis_of(source)
+    assert axis is not None
+    amounts = list(_argument(node, 1, "pad", ()))
+    entry = 2 * (_tensor(source).dim() - 1 - axis.dim)  # (before, after) pairs, from the last dimension backwards
+    before, after = (_padding(rule, a) for a in (amounts[entry : entry + 2] if entry < len(amounts) else (0, 0)))
+    if before == after == 0:
+        return axis
+    if _argument(node, 2, "mode", "constant") != "constant":
+        raise rule.reject("padding along the token axis that copies tokens")
+    runs = [*([Segment(False, before)] if before != 0 else []), *axis.layout,
+            *([Segment(False, after)] if after != 0 else [])]
+    return TokenAxis(axis.dim, _settled(rule, runs, _tensor(node).shape[axis.dim]))
+
+
+def _padding(rule: _Rule, amount: Any) -> int | None:
+    """How many positions a pad amount adds: an int, or ``None`` for an amount computed at run time."""
+    value = amount.meta.get("example_value") if isinstance(amount, fx.Node) else amount
+    length = value if isinstance(value, int) else None
+    if length is not None and length < 0:
+        raise rule.reject("negative padding crops the tokens")
+    return length
+
+
 def _cut(rule: _Rule, axis: TokenAxis, start: int, stop: int) -> TokenAxis:
     """The layout between two positions, which must be segment boundaries."""
     kept, offset = [], 0
     boundaries = {0}
     for segment in axis.layout:
-        if start <= offset and offset + segment.length <= stop:
+        if start <= offset and offset + segment.static_length <= stop:
             kept.append(segment)
-        offset += segment.length
+        offset += segment.static_length
         boundaries.add(offset)
     if start not in boundaries or stop not in boundaries:
         raise rule.reject(f"tokens [{start}:{stop}] cut through a run of refreshed tokens")
@@ -472,6 +544,8 @@ def _index(rule: _Rule, source: fx.Node, index: Any) -> tuple[int, TokenAxis] | 
         elif in_dim == axis.dim:
             if not isinstance(item, slice) or item.step not in (None, 1):
                 raise rule.reject("indexing into the token axis")
+            if axis.length is None:
+                raise rule.reject("slicing tokens of data-dependent length")
             start, stop, _ = item.indices(axis.length)
             if (start, stop) != (0, axis.length):
                 rule.analysis.edits[rule.node.name] = SliceTokens(entry, start, stop, axis)
@@ -597,7 +671,10 @@ _RULES: dict[Any, Callable[[_Rule], NodeAxis | None]] = {
     F.scaled_dot_product_attention: _attention,
     torch.cat: _concatenate, torch.concat: _concatenate,
     torch.stack: _stack,
+    torch._C._nn.pad: _pad, F.pad: _pad,
 }
+_FOLLOW_DATA_DEPENDENT_RUNS = (_concatenate, _permute, _attention)
+"""Rules that carry a fixed run of data-dependent length along the token axis without reading its size."""
 
 
 def _rule_for(node: fx.Node) -> Callable[[_Rule], NodeAxis | None] | None:

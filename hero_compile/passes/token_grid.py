@@ -10,14 +10,15 @@ import torch.fx as fx
 
 from hero_compile.passes.graph_surgery import flat_args
 
-_RESHAPES = {"view", "reshape", "flatten", torch.reshape, torch.flatten}
+_RESHAPES = {"view", "reshape", "flatten", "unflatten", torch.reshape, torch.flatten}
 _TRANSPOSES = {"transpose", torch.transpose, "permute", torch.permute}
 _MAX_HOPS = 64
 
 
 def find_token_grid(stream_input: fx.Node, axis: int) -> tuple[int, ...]:
     """The dims merged into the token axis of ``stream_input``, found by walking back to the reshape that
-    merged them (through ops that keep the token axis in place); ``(tokens,)`` if there is none."""
+    merged them (through ops that keep the token axis in place), each merged dim split further the same way
+    (Mochi merges the frames with each frame's flattened height x width); ``(tokens,)`` if there is none."""
     node, value = stream_input, _tensor(stream_input)
     tokens = int(value.shape[axis])
     for _ in range(_MAX_HOPS):
@@ -27,7 +28,7 @@ def find_token_grid(stream_input: fx.Node, axis: int) -> tuple[int, ...]:
             if merged is None:
                 break
             if len(merged) > 1:
-                return tuple(int(s) for s in _tensor(source).shape[merged[0] : merged[-1] + 1])
+                return tuple(size for dim in merged for size in find_token_grid(source, dim))
             node, axis = source, merged[0]
             continue
         if node.target in _TRANSPOSES:
