@@ -189,10 +189,11 @@ def test_disabled_equals_plain_inductor(name: str, plain_inductor: dict[str, tor
 
 
 @pytest.mark.quality_bar(*STALE_OR_DROPPED)
-def test_cogvideox_defaults_under_inductor(plain_inductor: dict[str, torch.Tensor]) -> None:
-    """The architecture of the Aether world model, with real Inductor lowering: the defaults (output caching,
-    nothing to measure) accelerate two generations in one graph, and both are the same."""
-    case, plain = plain_inductor_generation("cogvideox", plain_inductor)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_defaults_under_inductor(name: str, plain_inductor: dict[str, torch.Tensor]) -> None:
+    """Every model with real Inductor lowering: the defaults (output caching, nothing to measure) compile their
+    full and cheap variants, accelerate two generations in one graph, and both are the same."""
+    case, plain = plain_inductor_generation(name, plain_inductor)
     backend = HeroBackend()
     compiled = torch.compile(case.model, backend=backend, fullgraph=True)
     results = [generate(case, compiled) for _ in range(2)]
@@ -200,7 +201,7 @@ def test_cogvideox_defaults_under_inductor(plain_inductor: dict[str, torch.Tenso
     (graph,) = backend.stats().graphs
     assert graph.accelerated and graph.cheap_calls > 0 and graph.generations == 2
     assert torch.equal(results[0], results[1])
-    assert all(psnr_over_reference_range(result, plain) >= DEFAULTS_BAR["cogvideox"] for result in results)
+    assert all(psnr_over_reference_range(result, plain) >= DEFAULTS_BAR[name] for result in results)
 
 
 HIERARCHY = HeroConfig(cache_target="residual")
