@@ -177,6 +177,18 @@ def ltx_video() -> Case:
                 lambda x, t, slot: {"hidden_states": x, "timestep": t, **context}, split=1, deep_streams=1)
 
 
+def mochi() -> Case:
+    """Mochi packs the valid text tokens after the video ones with ``nonzero()``: a run of data-dependent length
+    beside the refreshed tokens (two of the five text tokens are padding)."""
+    from test_diffusers_models import mochi as build
+
+    built = build()
+    context = {"encoder_hidden_states": torch.randn(1, 5, 16), "encoder_attention_mask": PADDED_TEXT,
+               "return_dict": False}
+    return Case(built.model.eval(), built.sample, (2, 4, 4),
+                lambda x, t, slot: {"hidden_states": x, "timestep": t, **context}, split=1, deep_streams=1)
+
+
 def latte() -> Case:
     """Spatial and temporal blocks alternate; hero's blocks are periods (temporal block i, then spatial block i + 1).
     Their tokens are the 4 x 4 spatial positions: the batch axis of the temporal attention (its sequence is the 2
@@ -192,7 +204,7 @@ CASES: dict[str, Callable[[], Case]] = {
     "dit": dit, "dit_cfg": dit_cfg, "cogvideox_style": cogvideox_style,
     "mmdit": lambda: mmdit(joint_final=True), "mmdit_tail": lambda: mmdit(single_depth=2), "cogvideox": cogvideox,
     "wan": wan, "flux": flux, "cosmos": cosmos, "hunyuan_video": hunyuan_video, "ltx_video": ltx_video,
-    "latte": latte,
+    "latte": latte, "mochi": mochi,
 }
 
 
@@ -325,6 +337,7 @@ AOT_EAGER = {
     "ltx_video-residual-0.25-order1": ("ltx_video", residual(0.25, 1)),
     "latte-output-order1": ("latte", output(1)),
     "latte-residual-0.25-order1": ("latte", residual(0.25, 1)),
+    "mochi-residual-0.25-order1": ("mochi", residual(0.25, 1)),
 }
 
 
