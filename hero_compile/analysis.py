@@ -243,8 +243,11 @@ def _count_flops(report: AnalysisReport, model: torch.nn.Module, sampler: Sample
 
 
 def _describe_cheap_steps(report: AnalysisReport, stats: GraphStats) -> None:
-    for block in report.blocks:
-        if block.role == "deep":
+    # The split of the counted run: the defaults' output caching measures none and predicts the whole stack,
+    # whatever role the profile gives a block.
+    split = stats.split if stats.split is not None else len(report.blocks)
+    for index, block in enumerate(report.blocks):
+        if index >= split:
             block.cheap_step = "extrapolated"
         elif block.path in stats.tokens_refreshed_per_cheap_step:
             block.cheap_step = f"refreshed ({stats.tokens_refreshed_per_cheap_step[block.path]} tokens)"

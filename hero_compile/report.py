@@ -31,7 +31,10 @@ def to_markdown(report: AnalysisReport, plots: list[str] | None = None) -> str:
     if report.split is not None:
         shallow = "block 0 is" if report.split == 1 else f"blocks 0 to {report.split - 1} are"
         lines += [f"{len(report.blocks)} blocks found. Split at block {report.split}: {shallow} shallow, the "
-                  "rest deep (extrapolated on cheap steps).", "", f"Why: {report.split_reason}.", ""]
+                  "rest deep (extrapolated on cheap steps), the split `cache_target=\"residual\"` refreshes and "
+                  "extrapolates by; output caching, the default, predicts the whole stack. The table's \"on a "
+                  "cheap step\" and the costs are the analyzed configuration's.", "",
+                  f"Why: {report.split_reason}.", ""]
     lines += ["| # | block | variability | role | on a cheap step | token axis |", "|---|---|---|---|---|---|"]
     for index, block in enumerate(report.blocks):
         variability = f"{block.variability:.4f}" if block.variability is not None else "-"

@@ -248,6 +248,8 @@ def test_analyze_json_has_the_profile_the_split_and_the_costs(cli_report: Path) 
     assert 1 <= report["split"] <= 5
     assert [b["role"] for b in report["blocks"]] == ["shallow"] * report["split"] + ["deep"] * (6 - report["split"])
     assert report["flops_cheap_call"] < report["flops_full_call"]
+    # the counted run has the defaults' output caching: it measures no split and predicts the whole stack
+    assert [b["cheap_step"] for b in report["blocks"]] == ["extrapolated"] * 6
     # a generation's operations are its calls' (timings are the benchmarks' business: only their presence here)
     calls = report["full_calls"] * report["flops_full_call"] + report["cheap_calls"] * report["flops_cheap_call"]
     assert report["flops_generation_hero"] == pytest.approx(calls, rel=1e-6) and isinstance(report["speedup"], float)
