@@ -46,7 +46,7 @@ def default_methods(bench: BenchModel, quick: bool = False) -> list[Method]:
     # the newest peer, at its Aether and its faster Voyager setting.
     return [
         *hero_settings((2, 3, 4, 6)),
-        *hero_hierarchy((2, 3)),
+        *hero_hierarchy((2, 3, 4, 6)),
         fora(2),
         taylorseer(1, 3), taylorseer(2, 3),
         delta_dit(bench.depth, 2),
