@@ -115,6 +115,15 @@ class GenerationState:
     adaptive: AdaptiveSchedule = field(default_factory=AdaptiveSchedule)
     """The adaptive schedule's decisions and readings (unused by the fixed schedule)."""
     reads: TimestepReads = field(default_factory=TimestepReads)
+    trusted: bool = True
+    """False from a timestep miss to the next generation: calls placed on predicted timesteps may sit in another
+    step or call slot than their own, so the rest of the generation runs in full and caches nothing."""
+
+    def distrust(self, timestep: Timestep) -> None:
+        """After a timestep miss, at a call whose ``timestep`` was read: the next rise from it starts a generation
+        that is trusted again."""
+        self.trusted, self.timestep, self.timesteps = False, timestep, []
+        self.slots.clear()
 
     def advance(self, timestep: Timestep) -> bool:
         """Place a call with ``timestep``; returns True when it starts a new generation: the first call, or a
@@ -125,7 +134,7 @@ class GenerationState:
             self.timesteps, self.step, self.slot = [timestep], 0, 0
             self.slots.clear()
             self.adaptive = AdaptiveSchedule()
-            self.timestep = timestep
+            self.timestep, self.trusted = timestep, True
             return True
         if timestep == self.timestep:
             self.slot += 1
@@ -227,12 +236,13 @@ class HeroRuntime:
         timestep = state.reads.read(timestep_input)
         missed = state.reads.take_miss()
         if missed is not None:
-            # Calls since the miss may have been placed wrongly: start a new generation, in full.
             self.stats.record_timestep_miss(missed)
-            state.timestep, state.timesteps = None, []
+            state.distrust(timestep)
         new_generation = state.advance(timestep)
         if new_generation:
             self.stats.count_generation()
+        if not state.trusted:
+            return self._run_statelessly(inputs)
         variants = self._variants(state, new_generation, inputs)
         if variants is None:
             return self._run_measuring(state, inputs)

@@ -33,7 +33,7 @@ class GraphStats:
         fallback_reason: why the graph was compiled without acceleration, or ``None`` if it was accelerated.
         schedule_reason: why the configured schedule is not the one in use, or ``None`` if it is.
         timestep_misses: calls whose timestep, predicted from the previous generation to spare a device read,
-            turned out different (each restarts its generation in full; see ``hero_compile.timestep_reads``).
+            turned out different (the rest of that generation runs in full; see ``hero_compile.timestep_reads``).
     """
 
     graph_id: int
@@ -64,8 +64,8 @@ class GraphStats:
         self.fallback_reason = str(reason)
 
     def record_timestep_miss(self, reason: str) -> None:
-        log.warning("hero: graph %d restarts its generation: %s (call hero_compile.reset() before a generation "
-                    "that departs from the previous one)", self.graph_id, reason)
+        log.warning("hero: graph %d runs the rest of its generation in full: %s (call hero_compile.reset() before a "
+                    "generation that departs from the previous one)", self.graph_id, reason)
         self.timestep_misses += 1
 
     def count_generation(self) -> None:

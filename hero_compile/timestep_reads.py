@@ -4,8 +4,8 @@ The runtime places every call (new generation, step, call within the step) by it
 read at once is a device-to-host sync: the host waits for every kernel launched before it, once per call. After
 one generation has run with its timesteps read, the calls of the next are predicted from it (a sampler calls
 the model with the same timesteps each time) and each prediction is checked once a non-blocking copy of the real
-timestep lands, a call or more later. A miss is reported (:attr:`TimestepReads.missed`) and ends prediction until
-a generation has been read again.
+timestep lands, a call or more later. A miss is found before a call is placed, so that call's timestep is read; it
+is reported (:meth:`TimestepReads.take_miss`) and ends prediction until a generation has been read again.
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ class TimestepReads:
         return timestep
 
     def take_miss(self) -> str | None:
-        """The reason a prediction failed since the last call (then forgotten), or ``None``."""
-        self._check_landed()
+        """Why a prediction failed, found when this call was read (then forgotten), or ``None``."""
         missed, self.missed = self.missed, None
         return missed
 
