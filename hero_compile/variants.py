@@ -57,8 +57,25 @@ def compile_session() -> Iterator[None]:
     """What Dynamo holds while it compiles, held while hero compiles a variant during a call: its lock (two
     compiles at once corrupt each other) and its compiling flag (another thread calling compiled code while a
     variant is traced would otherwise take it for FX tracing the compiled function, and fail)."""
-    with torch._dynamo.convert_frame.compile_lock, torch.compiler._compile_session_context():
+    with torch._dynamo.convert_frame.compile_lock, _compiling_flag():
         yield
+
+
+@contextlib.contextmanager
+def _compiling_flag() -> Iterator[None]:
+    """``torch.compiler``'s compiling flag set, as Dynamo sets it. Recent torch has a context for it; torch 2.11 (the
+    CUDA build the GPU benchmark ran on) has only the module's flag."""
+    session = getattr(torch.compiler, "_compile_session_context", None)
+    if session is not None:
+        with session():
+            yield
+        return
+    old = getattr(torch.compiler, "_is_compiling_flag", False)
+    torch.compiler._is_compiling_flag = True
+    try:
+        yield
+    finally:
+        torch.compiler._is_compiling_flag = old
 
 
 class LazyVariant:

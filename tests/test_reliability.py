@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from unittest import mock
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 import hero_compile
 from hero_compile import HeroBackend, HeroConfig
 from hero_compile.schedule import is_full_step
+from hero_compile.variants import compile_session
 
 AOT = HeroConfig(lowering="aot_eager", cache_target="residual", split=2)
 
@@ -327,3 +329,12 @@ def test_calls_beyond_the_fourth_of_a_step_leave_the_first_slots_alone() -> None
                 first_slot.append(outputs[0])
         runs[calls_per_step] = torch.stack(first_slot)
     assert torch.equal(runs[1], runs[5])
+
+
+def test_compile_session_sets_the_compiling_flag_on_a_torch_without_its_context() -> None:
+    # torch 2.11 (the H100's build) has no torch.compiler._compile_session_context; hero's variants compiled there
+    # raised AttributeError inside the user's call until compile_session set the flag itself.
+    with mock.patch.object(torch.compiler, "_compile_session_context", None):
+        with compile_session():
+            assert torch.compiler.is_compiling()
+        assert not torch.compiler.is_compiling()
