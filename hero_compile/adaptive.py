@@ -10,6 +10,8 @@ uses values already on the host, measured one call earlier or before, and no cal
 
 from __future__ import annotations
 
+import math
+import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,12 +48,24 @@ class HostReading:
         return float(self._copy.value()) / (self.step - self.since_full_step)
 
 
+SPACING_MARGIN = 0.1
+"""How far (relative) the ideal spacing must pass the current spacing's bounds before the spacing changes."""
+
+
 @dataclass
 class AdaptiveSchedule:
     """One generation's adaptive decisions. A step is full when it must be (warm-up, final steps), when
-    ``max_cheap_steps`` cheap steps ran since the last full one, or when the distance predicted for it reaches
-    ``adaptive_threshold``: the newest distance per step read so far, times the steps since the last full step
-    (0 before any reading arrived)."""
+    ``max_cheap_steps`` cheap steps ran since the last full one, or when it is :attr:`spacing` steps after the last
+    full step: the first step whose predicted distance, the newest distance per step read so far times the steps
+    since the last full step, reaches ``adaptive_threshold`` (cheap steps only, up to the cap, before any reading
+    arrived).
+
+    The spacing is kept while the measured rate wavers: it changes only once the ideal spacing
+    (``adaptive_threshold / rate``) is :data:`SPACING_MARGIN` past its bounds. For a given number of full steps, even
+    spacing gives the least extrapolation error (the error grows faster than the gap), and a rate at a boundary
+    would otherwise alternate two spacings, with the longer one's error at a speed between the two (measured in
+    docs/results.md, "Adaptive schedule").
+    """
 
     last_full_step: int = -1
     previous_full_step: int = -1
@@ -61,6 +75,8 @@ class AdaptiveSchedule:
     rate: float | None = None
     """The newest distance per step read (the largest of the calls of that step)."""
     rate_step: int = -1
+    spacing: int | None = None
+    """Steps from one full step to the next, set from the rate (``None`` before any reading)."""
 
     def is_full(self, step: int, config: HeroConfig, total_steps: int | None) -> bool:
         if self.decision is None or self.decision[0] != step:
@@ -80,16 +96,13 @@ class AdaptiveSchedule:
         if step > self.last_full_step:  # else another call of this step ran full: nothing to measure from
             self.pending.append(HostReading(step, self.last_full_step, distance))
 
-    def predicted_distance(self, step: int) -> float:
-        self._collect()
-        return 0.0 if self.rate is None else self.rate * (step - self.last_full_step)
-
     def _decide(self, step: int, config: HeroConfig, total_steps: int | None) -> bool:
         if is_forced_full_step(step, config, total_steps) or step - self.last_full_step > config.max_cheap_steps:
             return True
-        return self.predicted_distance(step) >= config.adaptive_threshold
+        self._collect(config.adaptive_threshold)
+        return self.spacing is not None and step - self.last_full_step >= self.spacing
 
-    def _collect(self) -> None:
+    def _collect(self, threshold: float) -> None:
         """Take in the readings whose copies have landed, in order; stop at the first still on its way."""
         while self.pending and self.pending[0].ready():
             reading = self.pending.popleft()
@@ -97,3 +110,12 @@ class AdaptiveSchedule:
             if reading.step == self.rate_step and self.rate is not None:
                 rate = max(rate, self.rate)
             self.rate, self.rate_step = rate, reading.step
+            self.spacing = _kept_spacing(self.spacing, threshold / rate if rate > 0 else math.inf)
+
+
+def _kept_spacing(spacing: int | None, ideal: float) -> int:
+    """The spacing for an ideal (real) one: its ceiling, the first step predicted at the threshold, unless
+    ``spacing`` still holds it within :data:`SPACING_MARGIN` past its bounds (``spacing - 1``, ``spacing``]."""
+    if spacing is not None and (spacing - 1) * (1 - SPACING_MARGIN) < ideal <= spacing * (1 + SPACING_MARGIN):
+        return spacing
+    return max(1, math.ceil(ideal)) if math.isfinite(ideal) else sys.maxsize

@@ -54,7 +54,9 @@ class HeroConfig:
             is computed in full (>= 0). Every call measures it on the device (cheap calls inside the graph, full
             calls from the previous full step); the host reads it one call later or after, never waiting, and
             predicts the next step's distance as the newest distance per step times the steps since the last full
-            one. 0 computes every step in full; larger is faster and drifts further from full compute.
+            one. The spacing of full steps this gives is kept until the measured rate moves 10 % past it, so
+            that a rate at a boundary does not alternate two spacings (even spacing extrapolates least). 0
+            computes every step in full; larger is faster and drifts further from full compute.
         max_cheap_steps: with ``schedule="adaptive"``, the most cheap steps in a row (>= 1), however small the
             measured change: extrapolation error grows with the distance from the last full steps.
         final_full_steps: the last steps of a generation computed in full (>= 0), where fine detail forms.
