@@ -42,12 +42,19 @@ EASYCACHE_THRESHOLDS = (0.05, 0.1)
 FIXED, ADAPTIVE = "hero fixed", "hero adaptive"
 
 
+HERO_FINAL = HeroConfig(final_full_steps=1)
+"""TeaCache and EasyCache are given the step count and compute the last step; hero learns it from the previous
+sampling loop (never reset, as under a pipeline called again and again) and computes it too."""
+
+
 def methods(model: str, steps: int) -> list[Method]:
-    fixed = [hero_config_method(f"hero interval={n}", FIXED, HeroConfig(interval=n), "hero backend, fixed schedule")
+    fixed = [hero_config_method(f"hero interval={n}", FIXED, HERO_FINAL.replace(interval=n),
+                                "hero backend, fixed schedule, last step full", reset=False)
              for n in FIXED_INTERVALS[model]]
     adaptive = [hero_config_method(f"hero adaptive l1={t}", ADAPTIVE,
-                                   HeroConfig(schedule="adaptive", adaptive_threshold=t),
-                                   "hero backend, adaptive schedule (in-graph estimate, read one call later)")
+                                   HERO_FINAL.replace(schedule="adaptive", adaptive_threshold=t),
+                                   "hero backend, adaptive schedule (in-graph estimate, read one call later), last "
+                                   "step full", reset=False)
                 for t in ADAPTIVE_THRESHOLDS[model]]
     return [*fixed, *adaptive, *(teacache(t, steps) for t in TEACACHE_THRESHOLDS),
             *(easycache(t, steps) for t in EASYCACHE_THRESHOLDS)]

@@ -21,7 +21,16 @@ from hero_bench.host_caches import (
     toca,
     worldcache,
 )
-from hero_bench.methods import BuildOptions, Method, fora, full_compute, hero_hierarchy, hero_settings, taylorseer
+from hero_bench.methods import (
+    BuildOptions,
+    Method,
+    fora,
+    full_compute,
+    hero_config_method,
+    hero_hierarchy,
+    hero_settings,
+    taylorseer,
+)
 from hero_bench.models import BenchModel, latent_metrics
 from hero_bench.suite import run_suite
 from hero_bench.tables import matched_quality, pareto_front
@@ -32,6 +41,7 @@ from hypothesis import strategies as st
 from models import euler
 from torch import nn
 
+from hero_compile import HeroConfig
 from hero_compile.cli import main
 from hero_compile.measurement import psnr_over_reference_range
 from hero_compile.testing.dit import DiTConfig, flow_matching_sample, make_dit
@@ -141,6 +151,26 @@ class LinearFeatureModel(nn.Module):
         for block in self.blocks:
             h = block(h, cond)
         return self.out(h)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_hero_method_kept_across_generations_learns_their_length(reset: bool, dit: nn.Module,
+                                                                  full_output: torch.Tensor) -> None:
+    # Interval 100: every step after warm-up is cheap, but the last one once the length is known.
+    config = HeroConfig(interval=100, final_full_steps=1)
+    candidate = hero_config_method("hero", "hero", config, "test", reset=reset).build(dit, OPTIONS)
+    noise = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    with torch.no_grad():
+        for _ in range(3):
+            candidate.reset()
+            outputs.append(flow_matching_sample(candidate.denoiser, noise, 8))
+    assert torch.equal(outputs[1], outputs[2])
+    psnrs = [psnr_over_reference_range(output, full_output) for output in outputs[:2]]
+    if reset:  # each generation starts afresh: the last step stays cheap
+        assert torch.equal(outputs[0], outputs[1])
+    else:  # measured 49.4 dB with the last step cheap, 52.3 with it full
+        assert psnrs[1] > psnrs[0] + 1.5, psnrs
 
 
 def test_taylorseer_order_1_is_exact_on_features_linear_in_the_timestep() -> None:

@@ -71,13 +71,19 @@ def full_compute() -> Method:
     return Method("full", "full", "torch.compile of the model, nothing cached", build)
 
 
-def hero_config_method(name: str, family: str, config: HeroConfig, implementation: str) -> Method:
-    """A method that is a HERO configuration, compiled by the hero backend with the benchmark's lowering."""
+def hero_config_method(name: str, family: str, config: HeroConfig, implementation: str, reset: bool = True
+                       ) -> Method:
+    """A method that is a HERO configuration, compiled by the hero backend with the benchmark's lowering.
+
+    ``reset``: every generation starts afresh (each one alike). ``False``: hero is never reset and sees each
+    sampling loop start by its timestep rising, as under a pipeline called again and again, so it knows a loop's
+    length from the one before (the harness's warm-up generation teaches it) and can apply ``final_full_steps``.
+    """
 
     def build(model: nn.Module, options: BuildOptions) -> Candidate:
         backend = hero_compile.backend(config.replace(lowering=options.lowering))
         compiled = torch.compile(model, backend=backend, fullgraph=options.fullgraph)
-        return Candidate(compiled, backend.reset, backend.cache_bytes)
+        return Candidate(compiled, backend.reset if reset else lambda: None, backend.cache_bytes)
 
     return Method(name, family, implementation, build)
 
