@@ -57,8 +57,8 @@ class AdaptiveSchedule:
     """One generation's adaptive decisions. A step is full when it must be (warm-up, final steps), when
     ``max_cheap_steps`` cheap steps ran since the last full one, or when it is :attr:`spacing` steps after the last
     full step: the first step whose predicted distance, the newest distance per step read so far times the steps
-    since the last full step, reaches ``adaptive_threshold`` (cheap steps only, up to the cap, before any reading
-    arrived).
+    since the last full step, reaches ``adaptive_threshold`` (before any reading arrived, the predicted distance
+    is 0: cheap steps up to the cap, unless the threshold is 0).
 
     The spacing is kept while the measured rate wavers: it changes only once the ideal spacing
     (``adaptive_threshold / rate``) is :data:`SPACING_MARGIN` past its bounds. For a given number of full steps, even
@@ -100,7 +100,9 @@ class AdaptiveSchedule:
         if is_forced_full_step(step, config, total_steps) or step - self.last_full_step > config.max_cheap_steps:
             return True
         self._collect(config.adaptive_threshold)
-        return self.spacing is not None and step - self.last_full_step >= self.spacing
+        if self.spacing is None:  # no reading yet: the predicted distance is 0
+            return config.adaptive_threshold <= 0
+        return step - self.last_full_step >= self.spacing
 
     def _collect(self, threshold: float) -> None:
         """Take in the readings whose copies have landed, in order; stop at the first still on its way."""
@@ -110,7 +112,9 @@ class AdaptiveSchedule:
             if reading.step == self.rate_step and self.rate is not None:
                 rate = max(rate, self.rate)
             self.rate, self.rate_step = rate, reading.step
-            self.spacing = _kept_spacing(self.spacing, threshold / rate if rate > 0 else math.inf)
+            # A still input predicts no distance: only a threshold of 0 is reached, at every step.
+            ideal = threshold / rate if rate > 0 else math.inf if threshold > 0 else 0.0
+            self.spacing = _kept_spacing(self.spacing, ideal)
 
 
 def _kept_spacing(spacing: int | None, ideal: float) -> int:

@@ -277,6 +277,11 @@ def test_a_rate_that_changes_past_the_margin_changes_the_spacing() -> None:
     assert gaps[1:5] == [2, 2, 2, 2] and gaps[-3:] == [4, 4, 4]
 
 
+def test_a_still_input_runs_every_step_in_full_at_threshold_zero_and_up_to_the_cap_above() -> None:
+    assert full_steps_at_rates([0.0] * 12, adaptive(0.0)) == list(range(12))
+    assert full_steps_at_rates([0.0] * 12, adaptive(0.05)) == [0, 1, 1 + CAP + 1, 1 + 2 * (CAP + 1)]
+
+
 def test_the_adaptive_schedule_is_refused_under_context_parallelism(tmp_path: Path) -> None:
     """Ranks measuring their own shards could decide differently and hang: a graph that communicates runs the
     fixed schedule, and stats() says why."""
