@@ -3,7 +3,8 @@
 For each model and step count, every method runs at a few settings through the benchmark harness (speed and
 quality only: ``run_benchmark(..., facts=False)``); the table keeps, per family, the setting whose speedup is
 closest to ``--target`` (about 2x), and, for fixed hero, the interval with the best PSNR among those within 0.25x
-of it (the best interval per step count). The plot draws PSNR against steps at those settings.
+of it (the best interval per step count). The plot draws each family's PSNR at the target speedup, on the line
+between the two settings on either side of it, against the step count (matched speed).
 
 Run: ``python benchmarks/step_sweep.py --models dit --steps 10 20 30 50 --out docs/step_sweep/dit`` (and
 ``--models world --repeats 2 --out docs/step_sweep/world``): rows, a Markdown table and a plot in ``--out``.
@@ -12,6 +13,7 @@ Run: ``python benchmarks/step_sweep.py --models dit --steps 10 20 30 50 --out do
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -107,26 +109,36 @@ def markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]], command: 
     return "\n".join(lines) + "\n"
 
 
-def plot(chosen: list[dict[str, Any]], path: Path) -> None:
+def psnr_at_speed(rows: list[dict[str, Any]], target: float) -> float | None:
+    """PSNR at ``target`` speedup on the line between the two settings whose speedups bracket it (``None`` when none
+    do); settings identical to full compute have no finite PSNR and are left out."""
+    points = sorted((r["speedup"], r["psnr_vs_full"]) for r in rows if r["psnr_vs_full"] is not None)
+    for (slow, slow_psnr), (fast, fast_psnr) in itertools.pairwise(points):
+        if slow <= target <= fast:
+            return slow_psnr + (target - slow) / (fast - slow) * (fast_psnr - slow_psnr)
+    return None
+
+
+def plot(rows: list[dict[str, Any]], target: float, path: Path) -> None:
+    """Per model, each family's PSNR at ``target`` speedup (:func:`psnr_at_speed`) against the step count."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({r["model"] for r in chosen})
+    models = sorted({r["model"] for r in rows})
     figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for axis, model in zip(axes[0], models):
-        families: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in chosen:
-            if r["model"] == model and r["psnr_vs_full"] is not None:
-                families[r["family"]].append(r)
-        for family, members in families.items():
-            members.sort(key=lambda r: r["steps"])
-            axis.plot([r["steps"] for r in members], [r["psnr_vs_full"] for r in members], marker="o", label=family)
-            for r in members:
-                axis.annotate(f"{r['speedup']:.1f}x", (r["steps"], r["psnr_vs_full"]), fontsize=7)
-        axis.set(title=f"{model}: at about the target speedup", xlabel="denoising steps",
-                 ylabel="PSNR vs full compute (dB)")
+        settings: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        for r in rows:
+            if r["model"] == model and r["method"] != REFERENCE:
+                settings[r["family"]][r["steps"]].append(r)
+        for family, by_steps in settings.items():
+            points = [(steps, psnr_at_speed(members, target)) for steps, members in sorted(by_steps.items())]
+            kept = [(steps, psnr) for steps, psnr in points if psnr is not None]
+            axis.plot([steps for steps, _ in kept], [psnr for _, psnr in kept], marker="o", label=family)
+        axis.set(title=f"{model}: PSNR at {target:g}x, between the settings on either side",
+                 xlabel="denoising steps", ylabel="PSNR vs full compute (dB)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -165,7 +177,7 @@ def write_results(rows: list[dict[str, Any]], target: float, out: Path, command:
     (out / "rows.json").write_text(json.dumps(rows, indent=2) + "\n")
     text = markdown(rows, chosen, command)
     (out / "step_sweep.md").write_text(text)
-    plot(chosen, out / "step_sweep.png")
+    plot(rows, target, out / "step_sweep.png")
     return text
 
 
