@@ -236,6 +236,35 @@ def test_hierarchy_under_inductor_equals_aot_eager(name: str) -> None:
         assert float((result - want).abs().max() / want.abs().max()) <= 1e-4
 
 
+ADAPTIVE = HeroConfig(schedule="adaptive", adaptive_threshold=0.05)
+"""5 of 12 steps cheap on CogVideoX: spaced by the measured change, below the cap of 4 in a row."""
+
+
+def adaptive_generations(case: Case, lowering: str) -> tuple[list[torch.Tensor], GraphStats]:
+    fresh_dynamo()
+    backend = HeroBackend(ADAPTIVE.replace(lowering=lowering))
+    compiled = torch.compile(case.model, backend=backend, fullgraph=True)
+    results = [generate(case, compiled) for _ in range(2)]
+    assert_no_recompiles(recompile_report())
+    (graph,) = backend.stats().graphs
+    return results, graph
+
+
+def test_adaptive_schedule_under_inductor_equals_aot_eager() -> None:
+    """The adaptive schedule's cheap variant, which measures the stack input's change inside the graph, under real
+    Inductor: one graph over two generations, the same cheap calls as under aot_eager (the decisions read the
+    in-graph estimate) and the same outputs up to Inductor's rounding."""
+    torch.manual_seed(0)
+    case = CASES["cogvideox"]()
+    case.model.eval()
+    expected, aot = adaptive_generations(case, "aot_eager")
+    results, graph = adaptive_generations(case, "inductor")
+    assert graph.accelerated and graph.generations == 2
+    assert graph.cheap_calls == aot.cheap_calls == 10
+    for result, want in zip(results, expected):
+        assert float((result - want).abs().max() / want.abs().max()) <= 1e-4
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_ratio_one_refresh_equals_full_compute(name: str) -> None:
     """Every block shallow (the split is capped at the stack's depth) and refreshed at ratio 1: each cheap call
