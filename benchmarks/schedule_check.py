@@ -1,0 +1,63 @@
+"""Quality of hero settings by schedule alone: PSNR against full compute and the share of calls computed in full.
+
+Run: ``python benchmarks/schedule_check.py --model world --steps 10 --config interval=5 --config
+interval=5,final_full_steps=1``. Each ``--config`` is ``HeroConfig`` fields as ``name=value`` pairs (values read
+as Python literals, else as strings). Each setting compiles the step sweep's model (``step_sweep.MODELS``) with
+``lowering="aot_eager"`` and runs two generations without a reset, as under a pipeline: the second, reported one
+knows the loop's length (``final_full_steps`` applies). aot_eager makes no timing claim: the share of full calls
+stands in for speed, and PSNR is exact for a schedule (the figures quoted from it in docs/results.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from typing import Any
+
+import torch
+from step_sweep import MODELS
+
+from hero_compile import HeroBackend, HeroConfig
+from hero_compile.measurement import psnr_over_reference_range
+
+
+def parse_config(text: str) -> dict[str, Any]:
+    """``"interval=5,cache_target=residual"`` as ``{"interval": 5, "cache_target": "residual"}``."""
+    fields: dict[str, Any] = {}
+    for pair in text.split(","):
+        name, _, value = pair.partition("=")
+        try:
+            fields[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="dit")
+    parser.add_argument("--steps", nargs="+", type=int, default=[10])
+    parser.add_argument("--config", action="append", type=parse_config, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print("| steps | setting | share of calls in full | PSNR vs full compute (dB) |\n|---|---|---|---|")
+    for steps in args.steps:
+        bench = MODELS[args.model](steps)
+        with torch.no_grad():
+            reference = bench.generate(bench.model)
+            for fields in args.config:
+                torch._dynamo.reset()
+                backend = HeroBackend(HeroConfig(lowering="aot_eager", **fields))
+                compiled = torch.compile(bench.model, backend=backend, fullgraph=True)
+                bench.generate(compiled)
+                cheap, full = backend.stats().cheap_calls, backend.stats().full_calls
+                output = bench.generate(compiled)
+                cheap, full = backend.stats().cheap_calls - cheap, backend.stats().full_calls - full
+                setting = ", ".join(f"{name}={value}" for name, value in fields.items())
+                print(f"| {steps} | {setting} | {full / (full + cheap):.3f} | "
+                      f"{psnr_over_reference_range(output, reference):.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
