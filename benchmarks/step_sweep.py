@@ -47,11 +47,13 @@ FIXED, ADAPTIVE = "hero fixed", "hero adaptive"
 HERO_FINAL = HeroConfig(final_full_steps=1)
 """TeaCache and EasyCache are given the step count and compute the last step; hero learns it from the previous
 sampling loop (never reset, as under a pipeline called again and again) and computes it too."""
-CHEAP_STEPS = {"": HERO_FINAL, ", residual": HERO_FINAL.replace(cache_target="residual", split=0,
-                                                               extrapolation_order=0, warmup_steps=1)}
+CHEAP_STEPS = {"": HERO_FINAL, ", residual": HERO_FINAL.replace(cache_target="residual", split=0, warmup_steps=1,
+                                                               extrapolation_damping=0.5)}
 """hero's cheap steps: its defaults (the stack's output extrapolated, order 1, two warm-up steps), and the stack's
-residual kept from the last full step and added to the current input, as TeaCache and EasyCache do (split 0, order
-0: one full step is history enough, so one warm-up step, as TeaCache forces)."""
+residual added to the current input, as TeaCache and EasyCache add it, but extrapolated linearly in the timestep
+with half the slope (``extrapolation_damping=0.5``; order 0 while one full step is all the history, so one warm-up
+step, as TeaCache forces). Session 10's sweep ran the peers' own cheap step (order 0) and tied TeaCache on the DiT
+(docs/results.md)."""
 
 
 def methods(model: str, steps: int) -> list[Method]:

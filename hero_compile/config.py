@@ -74,6 +74,10 @@ class HeroConfig:
             generation has no predecessor); the split is then fixed and cheap steps begin.
         extrapolation_order: 0 reuses the last full step's deep feature (FORA-like), 1 extrapolates
             linearly in the timestep (HERO), 2 quadratically. Higher orders need more history and amplify noise.
+        extrapolation_damping: share of the extrapolated change from the last full step's feature that a cheap
+            step applies, in [0, 1]: 1 is the plain polynomial extrapolation, 0 reuses the last feature as order
+            0 does. Between them it shrinks a slope estimated from two noisy full steps (measured in
+            docs/results.md).
         cache_target: what the deep segment caches: ``"output"`` (its output, used as is; the shallow blocks
             that only feed the deep segment are then skipped on cheap steps too) or ``"residual"`` (its output
             minus its input, added to the shallow blocks' current output, which token refresh recomputes in
@@ -102,6 +106,7 @@ class HeroConfig:
     profile: str | os.PathLike[str] | VariabilityProfile | None = None
     profile_steps: int = 4
     extrapolation_order: int = 1
+    extrapolation_damping: float = 1.0
     cache_target: CacheTarget = "output"
     timestep_input: str | None = None
     lowering: Lowering = "inductor"
@@ -138,6 +143,9 @@ class HeroConfig:
                "profile_steps", self.profile_steps, "an int >= 2")
         _check(_is_int(self.extrapolation_order) and self.extrapolation_order in (0, 1, 2),
                "extrapolation_order", self.extrapolation_order, "0, 1 or 2")
+        _check(isinstance(self.extrapolation_damping, (int, float)) and not isinstance(self.extrapolation_damping, bool)
+               and 0.0 <= self.extrapolation_damping <= 1.0,
+               "extrapolation_damping", self.extrapolation_damping, "a number in [0, 1]")
         _check(self.cache_target in _CACHE_TARGETS, "cache_target", self.cache_target, f"one of {_CACHE_TARGETS}")
         _check(self.timestep_input is None
                or (isinstance(self.timestep_input, str) and self.timestep_input.isidentifier()),

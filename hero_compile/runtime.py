@@ -373,7 +373,8 @@ class HeroRuntime:
     def _extrapolation_inputs(self, time: float, slot: CallSlot, num_streams: int, history_length: int
                               ) -> list[torch.Tensor]:
         times = [entry.time for entry in slot.history]
-        weights = extrapolation_coefficients(time, times, self.config.extrapolation_order, history_length)
+        weights = extrapolation_coefficients(time, times, self.config.extrapolation_order, history_length,
+                                             self.config.extrapolation_damping)
         device = slot.history[0].features[0].device
         coefficients = torch.tensor(weights, dtype=torch.float32).to(device, non_blocking=True)
         # Short histories are padded with the oldest entry; its weight is zero.

@@ -18,8 +18,10 @@ def is_full_step(step: int, config: HeroConfig, total_steps: int | None) -> bool
     return is_forced_full_step(step, config, total_steps) or (step - config.warmup_steps + 1) % config.interval == 0
 
 
-def extrapolation_coefficients(timestep: float, history: Sequence[float], order: int, length: int) -> list[float]:
-    """Lagrange weights predicting a feature at ``timestep`` from features at ``history`` (most recent first).
+def extrapolation_coefficients(timestep: float, history: Sequence[float], order: int, length: int,
+                               damping: float = 1.0) -> list[float]:
+    """Weights predicting a feature at ``timestep`` from features at ``history`` (most recent first): the last
+    feature plus ``damping`` times the Lagrange extrapolation's change from it.
 
     Uses the ``order + 1`` most recent points (fewer while the history is short); the list is padded with
     zeros to ``length`` so that the compiled graph always takes the same number of history inputs.
@@ -31,5 +33,5 @@ def extrapolation_coefficients(timestep: float, history: Sequence[float], order:
         for j, t_j in enumerate(points):
             if j != i:
                 weight *= (timestep - t_j) / (t_i - t_j)
-        weights.append(weight)
+        weights.append(damping * weight + (1.0 - damping) * (i == 0))
     return weights + [0.0] * (length - len(weights))

@@ -10,7 +10,8 @@ shares nothing with hero's passes or runtime. What it computes on a cheap call, 
 - the module ending the deep segment (the last deep block, or the last block of the stack's tail) returns, for
   each stream it outputs, the Lagrange extrapolation in the timestep of what the slot's last full steps cached:
   with output caching ``sum_i c_i * output_i``; with residual caching the stream's current input to the first
-  deep block plus ``sum_i c_i * (output_i - input_i)``. The deep blocks still run; their result is discarded.
+  deep block plus ``sum_i c_i * (output_i - input_i)``. With ``extrapolation_damping`` d < 1 the weights are
+  ``d * c_i`` plus ``1 - d`` on the most recent step. The deep blocks still run; their result is discarded.
 
 Full calls run the model unchanged and record those caches. The generation state (steps, call slots, the
 full-step schedule) is kept here too, from the rules the documentation states. What hero decided for the graph
@@ -207,7 +208,9 @@ class Reference:
         entering: list[torch.Tensor] = []
         indices = torch.from_numpy(slot.selector.select()) if slot.selector is not None else None
         history = slot.history[: self.config.extrapolation_order + 1]
-        weights = lagrange_weights(time, [step.time for step in history])
+        damping = self.config.extrapolation_damping
+        weights = [damping * w + (1.0 - damping) * (i == 0)
+                   for i, w in enumerate(lagrange_weights(time, [step.time for step in history]))]
 
         def refresh(path: str) -> Callable[..., Any]:
             def hook(module: nn.Module, args: Any, output: Any) -> Any:

@@ -9,7 +9,7 @@ computing something else (a wrong coefficient, refresh subset, cache or stream) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -316,10 +316,14 @@ def output(order: int) -> dict[str, Any]:
     return {"cache_target": "output", "extrapolation_order": order}
 
 
+DAMPED = residual(0.25, 1) | {"extrapolation_damping": 0.5}
+
 AOT_EAGER = {
     **{f"dit-output-order{k}": ("dit", output(k)) for k in (0, 1, 2)},
     **{f"dit-residual-0.25-order{k}": ("dit", residual(0.25, k)) for k in (0, 1, 2)},
     "dit-residual-0.5-order1": ("dit", residual(0.5, 1)),
+    "dit-residual-0.25-order1-damped": ("dit", DAMPED),
+    "dit_cfg-output-order2-damped": ("dit_cfg", output(2) | {"extrapolation_damping": 0.5}),
     "dit_cfg-output-order1": ("dit_cfg", output(1)),
     "dit_cfg-residual-0.25-order2": ("dit_cfg", residual(0.25, 2)),
     "cogvideox_style-residual-0.25-order1": ("cogvideox_style", residual(0.25, 1)),
@@ -362,8 +366,8 @@ def nudged_coefficients(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hero's Lagrange weights off by 1e-3 (their sum kept at one)."""
     right = runtime.extrapolation_coefficients
 
-    def wrong(time: float, history: Sequence[float], order: int, length: int) -> list[float]:
-        weights = right(time, history, order, length)
+    def wrong(*args: Any) -> list[float]:
+        weights = right(*args)
         return [weights[0] + 1e-3, weights[1] - 1e-3, *weights[2:]]
 
     monkeypatch.setattr(runtime, "extrapolation_coefficients", wrong)
@@ -382,10 +386,16 @@ def shifted_subset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TokenSelector, "fresh_copy", shifted)
 
 
-@pytest.mark.parametrize("break_hero", [nudged_coefficients, shifted_subset])
+def damping_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hero's runtime extrapolates undamped whatever ``extrapolation_damping`` says."""
+    right = runtime.extrapolation_coefficients
+    monkeypatch.setattr(runtime, "extrapolation_coefficients", lambda *args: right(*args[:4]))
+
+
+@pytest.mark.parametrize("break_hero", [nudged_coefficients, shifted_subset, damping_ignored])
 def test_the_comparison_fails_when_hero_is_broken(
     break_hero: Callable[[pytest.MonkeyPatch], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     break_hero(monkeypatch)
     with pytest.raises(AssertionError, match="differs from the reference"):
-        check("dit", "aot_eager", AOT_TOLERANCE, **residual(0.25, 1))
+        check("dit", "aot_eager", AOT_TOLERANCE, **DAMPED)

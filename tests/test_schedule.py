@@ -73,6 +73,32 @@ def test_target_on_a_history_point_picks_that_point(order: int, history: list[fl
     assert weights == pytest.approx(expected, abs=1e-9)
 
 
+@given(
+    order=st.integers(0, 2),
+    history=st.lists(timesteps, min_size=3, max_size=3),
+    target=timesteps,
+    damping=st.floats(0.0, 1.0),
+)
+def test_damping_moves_the_weights_from_the_last_feature_towards_the_polynomial(
+    order: int, history: list[float], target: float, damping: float
+) -> None:
+    """A damped prediction is the last feature plus ``damping`` times the polynomial's change from it: 0 is order
+    0, 1 the plain extrapolation; the weights still sum to one."""
+    assume(distinct(history))
+    plain = extrapolation_coefficients(target, history, order, 3)
+    damped = extrapolation_coefficients(target, history, order, 3, damping)
+    last = [1.0, 0.0, 0.0]
+    expected = [damping * p + (1 - damping) * e for p, e in zip(plain, last)]
+    assert damped == pytest.approx(expected, rel=1e-9, abs=1e-9 * max(1.0, *map(abs, plain)))
+    assert extrapolation_coefficients(target, history, order, 3, 0.0) == last
+    assert extrapolation_coefficients(target, history, order, 3, 1.0) == plain
+
+
+def test_half_damping_halves_the_linear_step() -> None:
+    # linear through (600, 700) at 500 is f(600) + (f(600) - f(700)); half of that step: 1.5 f(600) - 0.5 f(700)
+    assert extrapolation_coefficients(500.0, [600.0, 700.0], 1, 2, 0.5) == pytest.approx([1.5, -0.5])
+
+
 def test_order_0_and_short_history() -> None:
     assert extrapolation_coefficients(500.0, [600.0, 700.0], order=0, length=1) == [1.0]
     assert extrapolation_coefficients(500.0, [600.0], order=2, length=3) == [1.0, 0.0, 0.0]
