@@ -38,7 +38,7 @@ MODELS: dict[str, Callable[[int], BenchModel]] = {
 }
 FIXED_INTERVALS = {"dit": (2, 3, 4), "world": (2, 3, 4)}
 # The stack input's distance per step is about 0.5 / steps on the DiT and 0.37 / steps on the world model.
-ADAPTIVE_THRESHOLDS = {"dit": (0.02, 0.03, 0.06, 0.12, 0.2), "world": (0.01, 0.02, 0.04, 0.08)}
+ADAPTIVE_THRESHOLDS = {"dit": (0.02, 0.03, 0.06, 0.09, 0.12, 0.2), "world": (0.01, 0.02, 0.04, 0.08)}
 TEACACHE_THRESHOLDS = (0.1, 0.2)
 EASYCACHE_THRESHOLDS = (0.05, 0.1)
 FIXED, ADAPTIVE = "hero fixed", "hero adaptive"
@@ -108,7 +108,46 @@ def markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]], command: 
         cells[r["model"], r["method"]][r["steps"]] = f"{r['speedup']:.2f}x / {_quality(r)}"
     lines += [f"| {model} | {method} | " + " | ".join(by_steps.get(n, "") for n in steps) + " |"
               for (model, method), by_steps in cells.items()]
+    lines += ["", f"Each peer setting against {COMPARED} (PSNR vs full compute, dB; a setting within "
+              f"{SAME_SPEED:.0%} of the peer's speed, else the line between the two that bracket it):", "",
+              "| model | steps | peer | peer | hero | hero - peer |", "|---|---|---|---|---|---|",
+              *against_peers(rows)]
     return "\n".join(lines) + "\n"
+
+
+PEERS = ("TeaCache", "EasyCache")
+COMPARED = ADAPTIVE + ", residual"
+SAME_SPEED = 0.03
+"""Speedups this close (relative) are one speed: the spread of alternated generations on 2 cores."""
+
+
+def against_peers(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: each peer setting against the adaptive hero (damped residual) of its model and step count:
+    hero's setting at the same speed (within ``SAME_SPEED``) if there is one, else hero's PSNR on the line between
+    the two settings that bracket the peer's speed ("between"), else hero's best setting faster than the peer."""
+    lines = []
+    for peer in rows:
+        if peer["family"] not in PEERS or peer["psnr_vs_full"] is None:
+            continue
+        hero = [r for r in rows if (r["model"], r["steps"], r["family"]) == (peer["model"], peer["steps"], COMPARED)
+                and r["psnr_vs_full"] is not None]
+        speed, between = peer["speedup"], psnr_at_speed(hero, peer["speedup"])
+        same = [r for r in hero if abs(r["speedup"] / speed - 1) <= SAME_SPEED]
+        faster = [r for r in hero if r["speedup"] > speed]
+        if same:
+            match = min(same, key=lambda r: abs(r["speedup"] - speed))
+        elif between is None and faster:
+            match = max(faster, key=lambda r: r["psnr_vs_full"])
+        elif between is not None:
+            match = None
+        else:
+            continue
+        psnr = between if match is None else match["psnr_vs_full"]
+        text = (f"between: {between:.2f}" if match is None else
+                f"{match['method']}: {match['speedup']:.2f}x / {psnr:.2f}" + ("" if same else ", faster"))
+        lines.append(f"| {peer['model']} | {peer['steps']} | {peer['method']} | {speed:.2f}x / "
+                     f"{peer['psnr_vs_full']:.2f} | {text} | {psnr - peer['psnr_vs_full']:+.2f} |")
+    return lines
 
 
 def psnr_at_speed(rows: list[dict[str, Any]], target: float) -> float | None:
@@ -158,9 +197,10 @@ def main() -> None:
     # One thread: on a machine shared with other jobs, two threads contend and time far worse.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/step_sweep"))
+    parser.add_argument("--render", action="store_true", help="redraw the tables and plot from --out's rows.json")
     args = parser.parse_args()
-    rows: list[dict[str, Any]] = []
-    for model in args.models:
+    rows: list[dict[str, Any]] = json.loads((args.out / "rows.json").read_text()) if args.render else []
+    for model in () if args.render else args.models:
         for steps in args.steps:
             bench = MODELS[model](steps)
             for row in run_benchmark(bench, methods(model, steps), lowering=args.lowering, repeats=args.repeats,

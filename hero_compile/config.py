@@ -76,8 +76,11 @@ class HeroConfig:
             linearly in the timestep (HERO), 2 quadratically. Higher orders need more history and amplify noise.
         extrapolation_damping: share of the extrapolated change from the last full step's feature that a cheap
             step applies, in [0, 1]: 1 is the plain polynomial extrapolation, 0 reuses the last feature as order
-            0 does. Between them it shrinks a slope estimated from two noisy full steps (measured in
-            docs/results.md).
+            0 does. Between them it shrinks a slope estimated from two full steps. With
+            ``cache_target="residual"`` 0.5 measured closer to full compute than 0 at 20 of 24 points of the
+            step sweep's two models and than 1 at 15 (the input carries the steady drift; the residual's slope is
+            noisy); with ``"output"`` it measured worse (the drift is in the output and the slope tracks it).
+            Measurements in docs/results.md.
         cache_target: what the deep segment caches: ``"output"`` (its output, used as is; the shallow blocks
             that only feed the deep segment are then skipped on cheap steps too) or ``"residual"`` (its output
             minus its input, added to the shallow blocks' current output, which token refresh recomputes in
