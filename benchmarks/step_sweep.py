@@ -4,10 +4,12 @@ For each model and step count, every method runs at a few settings through the b
 quality only: ``run_benchmark(..., facts=False)``); the table keeps, per family, the setting whose speedup is
 closest to ``--target`` (about 2x), and, for fixed hero, the interval with the best PSNR among those within 0.25x
 of it (the best interval per step count). The plot draws each family's PSNR at the target speedup, on the line
-between the two settings on either side of it, against the step count (matched speed).
+between the two settings on either side of it, against the step count (matched speed). A last table sets each
+TeaCache and EasyCache setting against the adaptive hero's (damped residual) at the same speed.
 
 Run: ``python benchmarks/step_sweep.py --models dit --steps 10 20 30 50 --out docs/step_sweep/dit`` (and
-``--models world --repeats 2 --out docs/step_sweep/world``): rows, a Markdown table and a plot in ``--out``.
+``--models world --repeats 2 --out docs/step_sweep/world``): rows, a Markdown table and a plot in ``--out``;
+``--render`` redraws the tables and the plot from ``--out``'s rows without running anything.
 """
 
 from __future__ import annotations
