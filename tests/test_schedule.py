@@ -90,6 +90,7 @@ def test_damping_moves_the_weights_from_the_last_feature_towards_the_polynomial(
     last = [1.0, 0.0, 0.0]
     expected = [damping * p + (1 - damping) * e for p, e in zip(plain, last)]
     assert damped == pytest.approx(expected, rel=1e-9, abs=1e-9 * max(1.0, *map(abs, plain)))
+    assert math.isclose(sum(damped), 1.0, rel_tol=0, abs_tol=1e-9 * max(1.0, sum(map(abs, damped))))
     assert extrapolation_coefficients(target, history, order, 3, 0.0) == last
     assert extrapolation_coefficients(target, history, order, 3, 1.0) == plain
 
