@@ -208,9 +208,10 @@ HIERARCHY = HeroConfig(cache_target="residual")
 """HERO's hierarchy: the split measured over the first steps, shallow blocks refreshed, deep ones extrapolated."""
 
 
-def hierarchy_generations(case: Case, lowering: str) -> tuple[list[torch.Tensor], GraphStats]:
+def two_generations(case: Case, config: HeroConfig, lowering: str) -> tuple[list[torch.Tensor], GraphStats]:
+    """Two generations of ``case`` compiled with ``config`` lowered by ``lowering``, in one graph and no recompile."""
     fresh_dynamo()
-    backend = HeroBackend(HIERARCHY.replace(lowering=lowering))
+    backend = HeroBackend(config.replace(lowering=lowering))
     compiled = torch.compile(case.model, backend=backend, fullgraph=True)
     results = [generate(case, compiled) for _ in range(2)]
     assert_no_recompiles(recompile_report())
@@ -226,8 +227,8 @@ def test_hierarchy_under_inductor_equals_aot_eager(name: str) -> None:
     torch.manual_seed(0)
     case = CASES[name]()
     case.model.eval()
-    expected, aot = hierarchy_generations(case, "aot_eager")
-    results, graph = hierarchy_generations(case, "inductor")
+    expected, aot = two_generations(case, HIERARCHY, "aot_eager")
+    results, graph = two_generations(case, HIERARCHY, "inductor")
     assert graph.accelerated and graph.fallback_reason is None and graph.generations == 2 and graph.cheap_calls > 0
     assert graph.split_reason is not None and graph.split_reason.startswith("profiled over steps")
     assert (graph.split, graph.tokens_refreshed_per_cheap_step) == (aot.split, aot.tokens_refreshed_per_cheap_step)
@@ -240,16 +241,6 @@ ADAPTIVE = HeroConfig(schedule="adaptive", adaptive_threshold=0.05)
 """5 of 12 steps cheap on CogVideoX: spaced by the measured change, below the cap of 4 in a row."""
 
 
-def adaptive_generations(case: Case, lowering: str) -> tuple[list[torch.Tensor], GraphStats]:
-    fresh_dynamo()
-    backend = HeroBackend(ADAPTIVE.replace(lowering=lowering))
-    compiled = torch.compile(case.model, backend=backend, fullgraph=True)
-    results = [generate(case, compiled) for _ in range(2)]
-    assert_no_recompiles(recompile_report())
-    (graph,) = backend.stats().graphs
-    return results, graph
-
-
 def test_adaptive_schedule_under_inductor_equals_aot_eager() -> None:
     """The adaptive schedule's cheap variant, which measures the stack input's change inside the graph, under real
     Inductor: one graph over two generations, the same cheap calls as under aot_eager (the decisions read the
@@ -257,8 +248,8 @@ def test_adaptive_schedule_under_inductor_equals_aot_eager() -> None:
     torch.manual_seed(0)
     case = CASES["cogvideox"]()
     case.model.eval()
-    expected, aot = adaptive_generations(case, "aot_eager")
-    results, graph = adaptive_generations(case, "inductor")
+    expected, aot = two_generations(case, ADAPTIVE, "aot_eager")
+    results, graph = two_generations(case, ADAPTIVE, "inductor")
     assert graph.accelerated and graph.generations == 2
     assert graph.cheap_calls == aot.cheap_calls == 10
     for result, want in zip(results, expected):
