@@ -138,10 +138,10 @@ def against_peers(rows: list[dict[str, Any]]) -> list[str]:
         faster = [r for r in hero if r["speedup"] > speed]
         if same:
             match = min(same, key=lambda r: abs(r["speedup"] - speed))
-        elif between is None and faster:
-            match = max(faster, key=lambda r: r["psnr_vs_full"])
         elif between is not None:
             match = None
+        elif faster:
+            match = max(faster, key=lambda r: r["psnr_vs_full"])
         else:
             continue
         psnr = between if match is None else match["psnr_vs_full"]
