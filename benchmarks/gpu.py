@@ -18,7 +18,9 @@ diffusers' flow-matching pipelines pass it; CogVideoX also gets its rotary table
 Methods, each compiled on its own (a backend instance of its own on the shared weights, ``fullgraph=True``):
 plain Inductor (``torch.compile(model)``), Inductor + CUDA graphs (``mode="reduce-overhead"``), hero's defaults (what
 ``backend="hero"`` runs), hero + CUDA graphs, and HERO's hierarchy (``cache_target="residual"``: the split measured
-in the first generation, shallow blocks refreshed, as ``hero_bench.methods.hero_hierarchy`` configures it).
+in the first generation, shallow blocks refreshed, as ``hero_bench.methods.hero_hierarchy`` configures it), and the
+adaptive schedule (``schedule="adaptive"``: each step's change measured on the device and read on the host a call
+later, through pinned memory) with and without CUDA graphs. ``--methods`` runs a subset (full compute always runs).
 
 Per method (generations follow each other without ``reset()``: hero sees the timestep rise, as under a pipeline):
 one untimed warm-up generation (it compiles), then ``--repeats`` generations alternated across the methods, each
@@ -29,8 +31,8 @@ one measured generation per method: PSNR of its output against plain Inductor's 
 of ``torch.cuda.max_memory_allocated`` (reset before it; the weights and the caches every hero method keeps from its
 last generation included, as is the JSON's ``memory_before_mib``, allocated before it), the peak of its caches'
 memory (``HeroBackend.cache_bytes()`` after each call), and the device syncs of one steady-state call (the first
-step that hero's schedule runs cheap) counted as warnings of ``torch.cuda.set_sync_debug_mode("warn")``. A method
-that fails is reported with its error; the others go on.
+step that hero's fixed schedule runs cheap) and of the whole generation, counted as warnings of
+``torch.cuda.set_sync_debug_mode("warn")``. A method that fails is reported with its error; the others go on.
 
 Time budget: 8 minutes of one H100, every compile included. Estimate for the defaults (6 layers each, 30 steps,
 published latent sizes and frames): a CogVideoX layer is ~7.9 TFLOP per call (linear 4.0, attention 3.9) and a Wan
@@ -62,7 +64,6 @@ import sys
 import time
 import traceback
 import types
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -71,6 +72,7 @@ from typing import Any
 
 import diffusers
 import torch
+from hero_bench.cuda import counting_syncs, synchronize
 from hero_bench.models import smooth_time_embedding
 from torch import nn
 from torch._dynamo.utils import counters
@@ -105,6 +107,8 @@ METHODS = (
     Method("hero", HeroConfig(), False, INDUCTOR),
     Method("hero + CUDA graphs", HeroConfig(), True, INDUCTOR_CUDA_GRAPHS),
     Method("hero hierarchy", HeroConfig(cache_target="residual"), False, INDUCTOR),
+    Method("hero adaptive", HeroConfig(schedule="adaptive"), False, INDUCTOR),
+    Method("hero adaptive + CUDA graphs", HeroConfig(schedule="adaptive"), True, INDUCTOR_CUDA_GRAPHS),
 )
 REFERENCE = INDUCTOR
 """Full compute, which every method's output is compared with."""
@@ -251,11 +255,6 @@ def compile_method(method: Method, model: nn.Module, lowering: Lowering) -> Comp
     return Compiled(torch.compile(model, backend=backend, mode=mode, fullgraph=True), backend)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def steady_step(steps: int) -> int:
     """The first step that hero's default schedule runs cheap: the steady state, after every warm-up step."""
     config = HeroConfig()
@@ -288,43 +287,37 @@ class CaptureCounter:
             CUDAGraphTreeManager.record_function = record  # type: ignore[method-assign]
 
 
-def counting_syncs(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """``fn()`` and the device syncs it made: ``set_sync_debug_mode("warn")`` turns each into a warning (``called a
-    synchronizing CUDA operation``), recorded here instead of printed."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            result = fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return result, sum("synchroniz" in str(w.message) for w in caught)
-
-
 class Observer:
     """A denoiser wrapped for one measured generation: the caches' peak memory over its calls and, on CUDA, the
-    syncs of the call at ``sync_step`` (one call per step: no guidance)."""
+    device syncs of each call (one call per step: no guidance)."""
 
-    def __init__(self, compiled: Compiled, sync_step: int, cuda: bool) -> None:
+    def __init__(self, compiled: Compiled, cuda: bool) -> None:
         self.compiled = compiled
-        self.sync_step = sync_step if cuda else -1
-        self.calls = 0
+        self.cuda = cuda
         self.cache_peak = 0
-        self.syncs: int | None = None
+        self.syncs: list[int] = []
 
     def __call__(self, **kwargs: Any) -> Any:
-        if self.calls == self.sync_step:
-            out, self.syncs = counting_syncs(partial(self.compiled.denoiser, **kwargs))
+        if self.cuda:
+            out, syncs = counting_syncs(partial(self.compiled.denoiser, **kwargs))
+            self.syncs.append(syncs)
         else:
             out = self.compiled.denoiser(**kwargs)
         self.cache_peak = max(self.cache_peak, self.compiled.cache_bytes())
-        self.calls += 1
         return out
 
 
-def benchmark(workload: Workload, steps: int, repeats: int, lowering: Lowering, device: torch.device
-              ) -> list[dict[str, Any]]:
-    """One row per method of :data:`METHODS` on ``workload``."""
+def selected_methods(names: list[str] | None) -> tuple[Method, ...]:
+    """The methods of :data:`METHODS` named (all without names), with full compute and every baseline they need."""
+    if names is None:
+        return METHODS
+    wanted = {REFERENCE, *names, *(m.baseline for m in METHODS if m.name in names)}
+    return tuple(m for m in METHODS if m.name in wanted)
+
+
+def benchmark(workload: Workload, methods: tuple[Method, ...], steps: int, repeats: int, lowering: Lowering,
+              device: torch.device) -> list[dict[str, Any]]:
+    """One row per method of ``methods`` on ``workload``."""
     compiled: dict[str, Compiled] = {}
     warmup: dict[str, float] = {}
     errors: dict[str, str] = {}
@@ -344,8 +337,8 @@ def benchmark(workload: Workload, steps: int, repeats: int, lowering: Lowering, 
         captures.counting = None
 
     # One Dynamo cache entry per method on the model's forward.
-    with torch._dynamo.config.patch(recompile_limit=len(METHODS) + 2), torch.no_grad(), captures.installed():
-        for method in METHODS:
+    with torch._dynamo.config.patch(recompile_limit=len(methods) + 2), torch.no_grad(), captures.installed():
+        for method in methods:
             before = counters["inductor"]["cudagraph_skips"]
             start = time.perf_counter()
             try:
@@ -366,7 +359,7 @@ def benchmark(workload: Workload, steps: int, repeats: int, lowering: Lowering, 
     medians = {name: statistics.median(values) for name, values in times.items()}
     reference = measured[REFERENCE]["output"] if REFERENCE in measured else None
     rows = []
-    for method in METHODS:
+    for method in methods:
         row: dict[str, Any] = {"model": workload.name, "method": method.name, "baseline": method.baseline,
                                "error": errors.get(method.name)}
         if method.name in compiled:
@@ -383,7 +376,7 @@ def measure(workload: Workload, compiled: Compiled, steps: int, sync_step: int, 
     """One more generation, observed: its output, the device memory allocated before it and at its peak, the caches'
     peak memory, the syncs of a steady-state call and, for hero, its cheap calls, split and any fallback."""
     cuda = device.type == "cuda"
-    observer = Observer(compiled, sync_step, cuda)
+    observer = Observer(compiled, cuda)
     hero = compiled.backend
     cheap_before = hero.stats().cheap_calls if hero is not None else 0
     before = torch.cuda.memory_allocated(device) / MIB if cuda else None
@@ -396,7 +389,8 @@ def measure(workload: Workload, compiled: Compiled, steps: int, sync_step: int, 
         "peak_memory_mib": torch.cuda.max_memory_allocated(device) / MIB if cuda else None,
         "memory_before_mib": before,
         "cache_mib": observer.cache_peak / MIB,
-        "syncs_in_steady_step": observer.syncs,
+        "syncs_in_steady_step": observer.syncs[sync_step] if cuda else None,
+        "syncs_in_generation": sum(observer.syncs) if cuda else None,
         "cheap_calls": None, "split": None, "fallback_reason": None,
     }
     if hero is not None:
@@ -443,7 +437,8 @@ def markdown(settings: dict[str, Any], descriptions: dict[str, str], rows: list[
              "Inductor's output (full compute, same noise). Compile: warm-up generation minus the median. Peak "
              "memory: `torch.cuda.max_memory_allocated` over one generation, the weights and every hero method's "
              "caches included (the JSON's `memory_before_mib`: allocated before it). Syncs: device syncs "
-             f"in one steady-state call (step {s['steady_step']}, cheap under hero's schedule), counted by "
+             f"in one steady-state call (step {s['steady_step']}, cheap under hero's fixed schedule) and in the "
+             "whole generation, counted by "
              "`torch.cuda.set_sync_debug_mode(\"warn\")`. Captures after warm-up: CUDA graphs recorded during the "
              "timed generations (0: one capture per variant, replayed from then on). Random weights, time embedding "
              "smoothed.", ""]
@@ -451,7 +446,8 @@ def markdown(settings: dict[str, Any], descriptions: dict[str, str], rows: list[
         lines += ["**CPU run: CUDA graphs were not captured** (no CUDA device; the CUDA-graph rows run the same "
                   "graphs as their plain counterparts); peak memory and syncs are n/a.", ""]
     header = ["method", "s / generation", "speedup", "over", "PSNR vs full (dB)", "peak MiB", "cache MiB",
-              "compile s", "syncs / steady step", "cheap calls", "split", "CUDA graphs", "captures after warm-up"]
+              "compile s", "syncs / steady step", "syncs / generation", "cheap calls", "split", "CUDA graphs",
+              "captures after warm-up"]
     for model, description in descriptions.items():
         lines += [f"## {model}", "", f"{description}.", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
@@ -469,7 +465,8 @@ def table_row(r: dict[str, Any], columns: int) -> str:
         cells = [r["method"], f"{r['seconds']:.3f}", _number(r["speedup"], "{:.2f}x"), r["baseline"],
                  "exact" if r["identical_to_full"] else _number(r["psnr_vs_full"], "{:.1f}"),
                  _number(r["peak_memory_mib"], "{:.0f}"), f"{r['cache_mib']:.3g}", f"{r['compile_seconds']:.1f}",
-                 _number(r["syncs_in_steady_step"], "{}"), _number(r["cheap_calls"], "{}"), _number(r["split"], "{}"),
+                 _number(r["syncs_in_steady_step"], "{}"), _number(r["syncs_in_generation"], "{}"),
+                 _number(r["cheap_calls"], "{}"), _number(r["split"], "{}"),
                  "captured" if r["cuda_graphs_captured"] else "asked, not captured" if r["cuda_graphs"] else "-",
                  r["captures_after_warmup"]]
     return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
@@ -497,6 +494,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cogvideox-frames", type=int, help="latent frames, default 13 (49 frames); 2 with --tiny")
     parser.add_argument("--wan-frames", type=int, help="latent frames, default 21 (81 frames); 2 with --tiny")
     parser.add_argument("--steps", type=int, help="Euler steps per generation, default 30; 8 with --tiny")
+    parser.add_argument("--methods", nargs="+", choices=[m.name for m in METHODS],
+                        help="run these (and full compute, and the plain methods they are timed against); default all")
     parser.add_argument("--repeats", type=int, default=3, help="timed generations per method (median)")
     parser.add_argument("--lowering", choices=("inductor", "aot_eager"),
                         help="how every method is compiled; default inductor, aot_eager with --tiny")
@@ -548,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
         workload = builders[name](args.steps, device, dtype)
         descriptions[name] = workload.description
         print(f"{name}: {workload.description}", flush=True)
-        rows += benchmark(workload, args.steps, args.repeats, args.lowering, device)
+        rows += benchmark(workload, selected_methods(args.methods), args.steps, args.repeats, args.lowering, device)
         del workload
         release(device)
         settings["seconds"] = time.perf_counter() - start

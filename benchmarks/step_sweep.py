@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from hero_bench.harness import REFERENCE, run_benchmark
 from hero_bench.host_caches import easycache, teacache
 from hero_bench.methods import Method, hero_config_method
@@ -32,15 +33,20 @@ from hero_compile.testing.dit import DiTConfig
 
 SWEEP_DIT = DiTConfig(hidden=128, heads=4, depth=12, frames=1, height=32, width=32)
 """The benchmark DiT's depth at a quarter of its tokens and half its width: the whole sweep fits 2 CPU cores."""
+GPU_DIT = DiTConfig(hidden=512, heads=8, depth=12, frames=4, height=64, width=64)
+"""Four times the sweep DiT's width and 16 times its tokens (4096): about 0.7 TFLOP a call, so that a GPU computes
+rather than waits for launches."""
 
-MODELS: dict[str, Callable[[int], BenchModel]] = {
-    "dit": lambda steps: benchmark_dit(steps=steps, config=SWEEP_DIT),
-    # One held-out maze, one chunk: the two-maze, two-chunk rollout of the benchmark is 4x longer.
-    "world": lambda steps: world_model(quick=True, steps=steps),
+MODELS: dict[str, Callable[[int, torch.device], BenchModel]] = {
+    "dit": lambda steps, device: benchmark_dit(steps=steps, config=SWEEP_DIT, device=device),
+    "dit-gpu": lambda steps, device: benchmark_dit(steps=steps, config=GPU_DIT, device=device),
+    # One held-out maze, one chunk: the two-maze, two-chunk rollout of the benchmark is 4x longer. CPU only.
+    "world": lambda steps, device: world_model(quick=True, steps=steps),
 }
-FIXED_INTERVALS = {"dit": (2, 3, 4), "world": (2, 3, 4)}
+FIXED_INTERVALS = {"dit": (2, 3, 4), "dit-gpu": (2, 3, 4), "world": (2, 3, 4)}
 # The stack input's distance per step is about 0.5 / steps on the DiT and 0.37 / steps on the world model.
-ADAPTIVE_THRESHOLDS = {"dit": (0.02, 0.03, 0.06, 0.09, 0.12, 0.2), "world": (0.01, 0.02, 0.04, 0.08)}
+ADAPTIVE_THRESHOLDS = {"dit": (0.02, 0.03, 0.06, 0.09, 0.12, 0.2), "dit-gpu": (0.02, 0.03, 0.06, 0.09, 0.12, 0.2),
+                       "world": (0.01, 0.02, 0.04, 0.08)}
 TEACACHE_THRESHOLDS = (0.1, 0.2)
 EASYCACHE_THRESHOLDS = (0.05, 0.1)
 FIXED, ADAPTIVE = "hero fixed", "hero adaptive"
@@ -59,6 +65,7 @@ step, as TeaCache forces). Session 10's sweep ran the peers' own cheap step (ord
 
 
 def methods(model: str, steps: int) -> list[Method]:
+    """Fixed and adaptive hero with both cheap steps, TeaCache and EasyCache, for ``model`` at ``steps`` steps."""
     fixed, adaptive = [], []
     for suffix, config in CHEAP_STEPS.items():
         fixed += [hero_config_method(f"hero interval={n}{suffix}", FIXED + suffix, config.replace(interval=n),
@@ -97,11 +104,13 @@ def _quality(row: dict[str, Any]) -> str:
 
 def markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]], command: str) -> str:
     """The settings nearest the target per step count, then every setting: speedup and PSNR vs full compute
-    (in parentheses, PSNR vs ground truth where the model has one)."""
-    lines = [f"Regenerate with `{command}`.", "", "| model | steps | family | setting | speedup | PSNR |",
-             "|---|---|---|---|---|---|"]
+    (in parentheses, PSNR vs ground truth where the model has one), and on CUDA the device syncs of a generation."""
+    # On CUDA the harness counts each method's device syncs over one generation.
+    syncs = all("syncs_per_generation" in r for r in rows)
+    lines = [f"Regenerate with `{command}`.", "", "| model | steps | family | setting | speedup | PSNR |"
+             + (" syncs / generation |" if syncs else ""), "|---|---|---|---|---|---|" + ("---|" if syncs else "")]
     lines += [f"| {r['model']} | {r['steps']} | {r['family']} | {r['method']} | {r['speedup']:.2f}x | "
-              f"{_quality(r)} |" for r in chosen]
+              f"{_quality(r)} |" + (f" {r['syncs_per_generation']} |" if syncs else "") for r in chosen]
     steps = sorted({r["steps"] for r in rows})
     lines += ["", "Every setting, speedup / PSNR:", "", "| model | setting | " + " | ".join(f"{n} steps" for n in steps)
               + " |", "|---|---|" + "---|" * len(steps)]
@@ -200,17 +209,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/step_sweep"))
     parser.add_argument("--render", action="store_true", help="redraw the tables and plot from --out's rows.json")
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"),
+                        help="where the DiTs run (cuda: each generation ends with a synchronize, and the device "
+                        "syncs of one generation per method are counted); the world model runs on the CPU")
     args = parser.parse_args()
+    if args.device.type != "cpu" and "world" in args.models:
+        parser.error(f"--device {args.device} runs the DiTs only; the world model's rollout is built on the CPU")
     rows: list[dict[str, Any]] = json.loads((args.out / "rows.json").read_text()) if args.render else []
-    for model in () if args.render else args.models:
-        for steps in args.steps:
-            bench = MODELS[model](steps)
-            for row in run_benchmark(bench, methods(model, steps), lowering=args.lowering, repeats=args.repeats,
-                                     threads=args.threads, facts=False):
-                rows.append(row | {"steps": steps})
     command = "python benchmarks/step_sweep.py " + " ".join(
         [f"--models {' '.join(args.models)}", f"--steps {' '.join(map(str, args.steps))}",
-         f"--lowering {args.lowering}", f"--repeats {args.repeats}", f"--threads {args.threads}", f"--out {args.out}"])
+         f"--lowering {args.lowering}", f"--repeats {args.repeats}", f"--threads {args.threads}", f"--out {args.out}",
+         *([f"--device {args.device}"] if args.device.type != "cpu" else [])])
+    for model in () if args.render else args.models:
+        for steps in args.steps:
+            bench = MODELS[model](steps, args.device)
+            for row in run_benchmark(bench, methods(model, steps), lowering=args.lowering, repeats=args.repeats,
+                                     threads=args.threads, facts=False):
+                rows.append(row | {"model": model, "steps": steps})
+            # After each step count, so that a run cut short keeps what it measured.
+            write_results(rows, args.target, args.out, command)
     print(write_results(rows, args.target, args.out, command))
 
 

@@ -18,8 +18,9 @@ SCRIPT = ROOT / "benchmarks" / "gpu.py"
 MODELS = ("cogvideox", "wan")
 PLAIN = ("inductor", "inductor + CUDA graphs")
 HERO = ("hero", "hero + CUDA graphs", "hero hierarchy")
+ADAPTIVE = ("hero adaptive", "hero adaptive + CUDA graphs")
 NUMBERS = ("seconds", "warmup_seconds", "compile_seconds", "speedup", "cache_mib")
-CUDA_ONLY = ("peak_memory_mib", "syncs_in_steady_step")
+CUDA_ONLY = ("peak_memory_mib", "syncs_in_steady_step", "syncs_in_generation")
 
 # PSNR against full compute in dB: each figure measured with --tiny (bf16, aot_eager, 8 steps) minus 3.
 PSNR_BAR = {("cogvideox", "hero"): 60.5, ("cogvideox", "hero hierarchy"): 47.0,
@@ -51,7 +52,7 @@ def rows_by_key(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]
 def test_tiny_run_reports_every_method_on_every_model(tiny_run: tuple[dict[str, Any], str]) -> None:
     results, _ = tiny_run
     rows = rows_by_key(results)
-    assert sorted(rows) == sorted((m, k) for m in MODELS for k in PLAIN + HERO)
+    assert sorted(rows) == sorted((m, k) for m in MODELS for k in PLAIN + HERO + ADAPTIVE)
     for key, row in rows.items():
         assert row["error"] is None, (key, row["error"])
         for field in NUMBERS:
@@ -84,6 +85,27 @@ def test_hero_rows_skip_work_and_stay_close_to_full_compute(tiny_run: tuple[dict
             assert math.isfinite(row["psnr_vs_full"]) and row["psnr_vs_full"] >= bar, (model, method, bar)
         # CUDA graphs are not captured on CPU: the same graphs, the same output.
         assert rows[model, "hero + CUDA graphs"]["psnr_vs_full"] == rows[model, "hero"]["psnr_vs_full"]
+
+
+def test_adaptive_rows_run_the_same_schedule_with_and_without_cuda_graphs(tiny_run: tuple[dict[str, Any], str]
+                                                                        ) -> None:
+    rows = rows_by_key(tiny_run[0])
+    for model in MODELS:
+        plain, graphs = (rows[model, method] for method in ADAPTIVE)
+        assert plain["baseline"] == "inductor" and graphs["baseline"] == "inductor + CUDA graphs"
+        assert plain["cheap_calls"] == graphs["cheap_calls"] and plain["psnr_vs_full"] == graphs["psnr_vs_full"]
+    # At 8 steps the tiny CogVideoX changes slowly enough for cheap steps under the default threshold (3 of 8,
+    # 70.9 dB measured); the tiny Wan changes faster and runs every step in full.
+    assert rows["cogvideox", "hero adaptive"]["cheap_calls"] > 0
+    assert rows["cogvideox", "hero adaptive"]["psnr_vs_full"] >= 67.5
+
+
+def test_methods_runs_the_named_ones_with_the_plain_methods_they_are_timed_against(tmp_path: Path) -> None:
+    result = run_script("--tiny", "--models", "wan", "--methods", "hero adaptive + CUDA graphs", "--repeats", "1",
+                        "--out", str(tmp_path), cuda_visible=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["inductor", "inductor + CUDA graphs", "hero adaptive + CUDA graphs"]
 
 
 def test_markdown_has_the_table_and_says_cuda_graphs_were_not_captured(tiny_run: tuple[dict[str, Any], str]

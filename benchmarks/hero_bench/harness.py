@@ -10,6 +10,7 @@ import torch
 from torch._dynamo.utils import counters, graph_break_reasons
 from tqdm import tqdm
 
+from hero_bench.cuda import counting_syncs, synchronize
 from hero_bench.methods import BuildOptions, Candidate, Lowering, Method, full_compute
 from hero_bench.models import BenchModel
 from hero_compile.measurement import FlopCounter, alternated_medians
@@ -26,7 +27,9 @@ def run_benchmark(bench: BenchModel, methods: list[Method], lowering: Lowering =
     of all methods alternate ``repeats`` times (median). Compile behaviour, FLOPs and cache memory are then
     measured per method with Dynamo reset and the ``eager`` lowering (every aten op visible to the counter):
     graphs and graph breaks over a first generation with ``fullgraph=True`` (or, if that is refused, without),
-    recompiles and FLOPs over a second one; ``facts=False`` skips these (speed and quality only).
+    recompiles and FLOPs over a second one; ``facts=False`` skips these (speed and quality only). On a CUDA
+    model each generation ends with a device synchronize (its time covers its kernels), and one more generation
+    per method counts its device syncs (``syncs_per_generation``).
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -53,12 +56,15 @@ def _run(bench: BenchModel, methods: list[Method], lowering: Lowering, repeats: 
         def generate(name: str) -> None:
             candidates[name].reset()
             outputs[name] = bench.generate(candidates[name].denoiser)
+            synchronize(outputs[name].device)
 
         for name in candidates:
             generate(name)
             bar.update()
         seconds = alternated_medians({name: partial(generate, name) for name in candidates}, repeats,
                                      on_run=bar.update)
+        cuda = outputs[REFERENCE].is_cuda
+        syncs = {name: counting_syncs(partial(generate, name))[1] for name in candidates} if cuda else {}
         facts = {}
         for method in methods if with_facts else ():
             facts[method.name] = compile_facts(bench, method)
@@ -87,6 +93,8 @@ def _run(bench: BenchModel, methods: list[Method], lowering: Lowering, repeats: 
         row["psnr_vs_full"], row["ssim_vs_full"] = quality
         if bench.ground_truth is not None:
             row["psnr_vs_truth"], row["ssim_vs_truth"] = bench.metrics(outputs[name], bench.ground_truth)
+        if cuda:
+            row["syncs_per_generation"] = syncs[name]
         if with_facts:
             row.update(facts[name])
             row["flop_speedup"] = facts[REFERENCE]["flops"] / facts[name]["flops"]

@@ -44,13 +44,15 @@ def latent_metrics(estimate: torch.Tensor, reference: torch.Tensor) -> tuple[flo
     return float(psnr), float(ssim)
 
 
-def benchmark_dit(quick: bool = False, steps: int = 20, config: DiTConfig | None = None) -> BenchModel:
-    """The benchmark DiT (12 blocks, 1024 tokens), a 4-block 64-token one with ``quick``, or one of ``config``."""
+def benchmark_dit(quick: bool = False, steps: int = 20, config: DiTConfig | None = None,
+                  device: torch.device | str = "cpu") -> BenchModel:
+    """The benchmark DiT (12 blocks, 1024 tokens), a 4-block 64-token one with ``quick``, or one of ``config``;
+    built on the CPU (the same weights and noise on every device), then moved to ``device``."""
     if config is None:
         config = DiTConfig(hidden=64, heads=2, depth=4, frames=1, height=16, width=16) if quick else DiTConfig()
-    model = make_dit(config)
+    model = make_dit(config).to(device)
     noise = torch.randn(1, config.channels, config.frames, config.height, config.width,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0)).to(device)
     return BenchModel(
         name="dit",
         description=f"benchmark DiT: {config.depth} blocks, hidden {config.hidden}, {config.tokens} tokens, "
