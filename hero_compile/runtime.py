@@ -10,6 +10,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
 import torch
@@ -47,12 +48,18 @@ class FiniteFlag:
     its copy has landed (no wait). Under context parallelism it is read at once instead, agreed by every rank."""
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
-        self.on_device = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+        self.on_device = reduce(torch.logical_and, (_all_finite(t) for t in tensors))
         self._copy = None if is_distributed() else HostCopy(self.on_device)
 
     def known_non_finite(self) -> bool:
         """True once the copy has landed and says non-finite; a flag still on its way counts as finite."""
         return self._copy is not None and self._copy.ready() and not bool(self._copy.value())
+
+
+def _all_finite(tensor: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(tensor).all()`` in 3 kernels rather than 5 (``isfinite`` is 4: two compares, an ``abs`` and a
+    product), as every full call runs it eagerly: ``x - x`` is 0 exactly for a finite ``x`` and NaN otherwise."""
+    return (tensor - tensor).eq(0).all()
 
 
 @dataclass

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import Call, Recorder, assert_no_recompiles, recompile_report
 from torch import nn
 from torch.distributed import _functional_collectives as functional_collectives
@@ -115,6 +117,27 @@ def test_the_estimate_equals_the_eager_relative_l1_distance_of_the_stack_input(
     assert sum(not call.full for call in recorder.calls) > 2 and any(call.full for call in recorder.calls[3:])
     assert [m[:2] for m in measured] == [e[:2] for e in expected]
     torch.testing.assert_close([m[2] for m in measured], [e[2] for e in expected], rtol=1e-5, atol=1e-7)
+
+
+@settings(deadline=None)
+@given(shapes=st.lists(st.lists(st.integers(1, 5), min_size=1, max_size=3), min_size=1, max_size=3),
+       seed=st.integers(0, 2**16), zero_references=st.booleans())
+def test_the_distance_is_the_relative_l1_over_every_stream(shapes: list[list[int]], seed: int,
+                                                            zero_references: bool) -> None:
+    """The few-op distance a full call computes eagerly (and the cheap graph in its estimate) against the
+    definition, summed in float64; references of zeros give a large distance, never NaN."""
+    generator = torch.Generator().manual_seed(seed)
+    values = [torch.randn(shape, generator=generator) for shape in shapes]
+    references = [torch.zeros(shape) if zero_references else torch.randn(shape, generator=generator)
+                  for shape in shapes]
+    distance = adaptive_module.relative_l1_distance(values, references)
+    moved = sum(float((v.double() - r.double()).abs().sum()) for v, r in zip(values, references))
+    size = sum(float(r.double().abs().sum()) for r in references)
+    assert distance.dtype == torch.float32 and distance.shape == ()
+    if zero_references:
+        assert float(distance) > 1e30
+    else:
+        assert float(distance) == pytest.approx(moved / size, rel=1e-5)
 
 
 def guided(model: Callable[..., torch.Tensor], noise: torch.Tensor) -> torch.Tensor:

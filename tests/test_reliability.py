@@ -20,6 +20,7 @@ from torch import nn
 
 import hero_compile
 from hero_compile import HeroBackend, HeroConfig
+from hero_compile.runtime import _all_finite
 from hero_compile.schedule import is_full_step
 from hero_compile.variants import compile_session
 
@@ -200,6 +201,17 @@ def test_a_non_finite_full_step_does_not_poison_the_steps_after_it(bad: float) -
             if i > poisoned:
                 assert torch.isfinite(result).all(), f"step {i}: the non-finite step {poisoned} leaked"
     assert backend.stats().graphs[0].cheap_calls > 0
+
+
+@given(values=st.lists(st.floats(width=32), min_size=1, max_size=8),
+       dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16, torch.float16]))
+@example(values=[3.4e38, -3.4e38, 1e-45, 0.0, -0.0], dtype=torch.float32)
+@example(values=[1.0, float("nan")], dtype=torch.bfloat16)
+def test_the_cached_features_finite_check_agrees_with_isfinite(values: list[float], dtype: torch.dtype) -> None:
+    """The runtime's 3-kernel check (``x - x == 0``) against ``torch.isfinite``; values out of the dtype's range
+    become infinities on conversion, and both must see them."""
+    tensor = torch.tensor(values, dtype=torch.float64).to(dtype)
+    assert bool(_all_finite(tensor)) == bool(torch.isfinite(tensor).all())
 
 
 # ---------------------------------------------------------------------------------------------------------------
