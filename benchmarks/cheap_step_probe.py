@@ -95,7 +95,7 @@ def main() -> None:
     print("| steps | interval | placement | full steps | " + " | ".join(CHEAP_STEPS) + " |\n|---|---|---|---|"
           + "---|" * len(CHEAP_STEPS))
     for steps in args.steps:
-        bench = MODELS[args.model](steps)
+        bench = MODELS[args.model](steps, torch.device("cpu"))
         blocks = [block for block in bench.model.modules() if isinstance(block, DiTBlock)]
         with torch.no_grad():
             reference = bench.generate(bench.model)

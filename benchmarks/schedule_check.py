@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print("| steps | setting | share of calls in full | PSNR vs full compute (dB) |\n|---|---|---|---|")
     for steps in args.steps:
-        bench = MODELS[args.model](steps)
+        bench = MODELS[args.model](steps, torch.device("cpu"))
         with torch.no_grad():
             reference = bench.generate(bench.model)
             for fields in args.config:
