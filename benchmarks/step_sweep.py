@@ -9,7 +9,9 @@ TeaCache and EasyCache setting against the adaptive hero's (damped residual) at 
 
 Run: ``python benchmarks/step_sweep.py --models dit --steps 10 20 30 50 --out docs/step_sweep/dit`` (and
 ``--models world --repeats 2 --out docs/step_sweep/world``): rows, a Markdown table and a plot in ``--out``;
-``--render`` redraws the tables and the plot from ``--out``'s rows without running anything.
+``--render`` redraws the tables and the plot from ``--out``'s rows without running anything. ``--device cuda`` runs
+the DiTs on a GPU and counts each method's device syncs in a generation; there the sweep DiT is launch-bound, and
+``--models dit-gpu`` is a DiT sized for a GPU (:data:`GPU_DIT`). Results are written after each step count.
 """
 
 from __future__ import annotations
