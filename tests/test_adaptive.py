@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import Call, Recorder, assert_no_recompiles, recompile_report
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import Call, Recorder, assert_no_recompiles, recompile_report
 from torch import nn
 from torch.distributed import _functional_collectives as functional_collectives
 
