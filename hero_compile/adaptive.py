@@ -5,7 +5,10 @@ Each cheap call returns, as a 0-d tensor, the relative L1 distance of the block 
 the last full step (``passes.estimate_change``); each full call's stack input gives, on the device, its distance
 from the previous full step's. The runtime starts a copy of it to the host that does not block
 (:class:`HostReading`); the schedule reads a reading only once its copy has landed, so the decision for a step
-uses values already on the host, measured one call earlier or before, and no call waits for the device.
+uses values already on the host, measured one call earlier or before, and no call waits for the device. Which
+readings have landed depends on how far the host runs ahead of the device, and so, on a GPU, can the decisions.
+Under ``torch.use_deterministic_algorithms(True)`` a step's decision waits for every earlier step's reading instead
+(one wait per step, for work already queued): the decisions a CPU would take, the same from run to run.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class HostReading:
 
     def ready(self) -> bool:
         return self._copy.ready()
+
+    def wait(self) -> None:
+        self._copy.wait()
 
     def value(self) -> float:
         """The distance per step since :attr:`since_full_step`."""
@@ -106,15 +112,20 @@ class AdaptiveSchedule:
     def _decide(self, step: int, config: HeroConfig, total_steps: int | None) -> bool:
         if is_forced_full_step(step, config, total_steps) or step - self.last_full_step > config.max_cheap_steps:
             return True
-        self._collect(config.adaptive_threshold)
+        # Deterministic algorithms asked for: decide from every earlier step's readings, waiting for them, so that
+        # the decisions do not depend on how far the host runs ahead of the device.
+        self._collect(config.adaptive_threshold, wait=torch.are_deterministic_algorithms_enabled())
         if self.spacing is None:  # no reading yet: the predicted distance is 0
             return config.adaptive_threshold <= 0
         return step - self.last_full_step >= self.spacing
 
-    def _collect(self, threshold: float) -> None:
-        """Take in the readings whose copies have landed, in order; stop at the first still on its way."""
-        while self.pending and self.pending[0].ready():
+    def _collect(self, threshold: float, wait: bool) -> None:
+        """Take in the readings whose copies have landed, in order; stop at the first still on its way, or with
+        ``wait``, wait for it (every pending reading is from an earlier step: the first call of a step decides)."""
+        while self.pending and (wait or self.pending[0].ready()):
             reading = self.pending.popleft()
+            if wait:
+                reading.wait()
             rate = reading.value()
             if reading.step == self.rate_step and self.rate is not None:
                 rate = max(rate, self.rate)

@@ -39,6 +39,11 @@ class HostCopy:
     def ready(self) -> bool:
         return self._landed is None or self._landed.query()
 
+    def wait(self) -> None:
+        """Block until the copy has landed: a wait for the device's work up to the copy, not for later work."""
+        if self._landed is not None:
+            self._landed.synchronize()
+
     def value(self) -> torch.Tensor:
         assert self.ready(), "a host copy is read only once it has landed"
         return self._host

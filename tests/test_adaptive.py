@@ -249,6 +249,52 @@ def test_readings_still_on_their_way_are_not_waited_for(
     assert seen, "readings are used once they land"
 
 
+def lagging_device(monkeypatch: pytest.MonkeyPatch, clock: CallClock, lag: int = 3) -> list[int]:
+    """A device whose readings land ``lag`` calls after the call that started them, or once waited for; returns
+    the ages of the readings waited for, as they are waited for."""
+    waits: list[int] = []
+
+    def wait(self: HostReading) -> None:
+        waits.append(clock.age(self))
+        self.waited = True  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(HostReading, "ready", lambda self: getattr(self, "waited", False) or clock.age(self) >= lag)
+    monkeypatch.setattr(HostReading, "wait", wait)
+    return waits
+
+
+@pytest.fixture
+def deterministic_algorithms() -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def full_pattern(recorder: Recorder) -> list[bool]:
+    return [call.full for call in recorder.calls]
+
+
+def test_a_lagging_device_can_change_the_decisions(model: DiT, noise: torch.Tensor, monkeypatch: pytest.MonkeyPatch,
+                                                   clock: CallClock) -> None:
+    """Why deterministic algorithms need a wait: readings that land later change which full steps are taken."""
+    _, prompt = run(model, noise, adaptive(0.05))
+    waits = lagging_device(monkeypatch, clock)
+    _, lagging = run(model, noise, adaptive(0.05))
+    assert full_pattern(lagging) != full_pattern(prompt) and not waits
+
+
+def test_under_deterministic_algorithms_a_lagging_device_decides_as_a_prompt_one(
+        model: DiT, noise: torch.Tensor, monkeypatch: pytest.MonkeyPatch, clock: CallClock,
+        deterministic_algorithms: None) -> None:
+    """Each step waits for the earlier steps' readings (never the current call's), and decides as on the CPU."""
+    prompt_output, prompt = run(model, noise, adaptive(0.05))
+    waits = lagging_device(monkeypatch, clock)
+    output, lagging = run(model, noise, adaptive(0.05))
+    assert full_pattern(lagging) == full_pattern(prompt) and torch.equal(output, prompt_output)
+    assert waits and min(waits) >= 1
+
+
 class AllReducedBlocks(nn.Module):
     """Blocks that all-reduce their output over the process group, as context-parallel attention communicates."""
 
