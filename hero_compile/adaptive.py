@@ -8,7 +8,7 @@ from the previous full step's. The runtime starts a copy of it to the host that 
 uses values already on the host, measured one call earlier or before, and no call waits for the device. Which
 readings have landed depends on how far the host runs ahead of the device, and so, on a GPU, can the decisions.
 Under ``torch.use_deterministic_algorithms(True)`` a step's decision waits for every earlier step's reading instead
-(one wait per step, for work already queued): the decisions a CPU would take, the same from run to run.
+(one wait per step, for the previous step's work): the decisions a CPU would take, the same from run to run.
 """
 
 from __future__ import annotations
