@@ -43,7 +43,9 @@ per model, 130 s in all. Compiles: per model ~6.5 Inductor compiles of a 6-layer
 baselines one each, hero full + cheap twice, the hierarchy measuring + full + refreshed cheap), ~10-15 s each on 16
 cores, ~30 s more for the first Triton builds: ~200 s in all. Imports and model builds ~30 s. Total ~360 s of 480.
 Measured on an H100 (torch 2.11): 318 s in all, a full-compute generation 3.0 s (CogVideoX) and 3.2 s (Wan), 13-41 s
-per method's warm-up generation (docs/gpu/results.md).
+per method's warm-up generation (docs/gpu/results.md). Session 12 added the two adaptive methods: on an H200 each
+took 15-19 s of warm-up and 0.7-0.8 s per generation on CogVideoX (docs/gpu/adaptive), about 50 s more per model,
+so all seven methods on both models need about 420 s; ``--methods`` runs fewer.
 
 ``--tiny``: the same models at 2 heads x 16, 4 layers, 2 latent frames of 8x8 (32 video tokens), 8 steps, bf16 on
 CPU, compiled with ``aot_eager`` (plain ``torch.compile(backend="aot_eager")`` and ``HeroConfig(lowering=
