@@ -1,0 +1,57 @@
+"""The step sweep's comparisons (``benchmarks/step_sweep.py``), which docs/results.md quotes: PSNR at a speed on the
+line between two settings, each peer setting against the adaptive hero, and what counts as skipping nothing.
+Synthetic rows: nothing is compiled or run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from step_sweep import ADAPTIVE, COMPARED, FIXED, against_peers, at_target, psnr_at_speed
+
+
+def row(family: str, method: str, speedup: float, psnr: float | None, steps: int = 20) -> dict[str, Any]:
+    return {"model": "dit", "steps": steps, "family": family, "method": method, "speedup": speedup,
+            "psnr_vs_full": psnr}
+
+
+HERO = [row(COMPARED, "all full (other kernels)", 1.1, 161.5), row(COMPARED, "a", 1.5, 72.0),
+        row(COMPARED, "b", 2.0, 70.0), row(COMPARED, "c", 2.5, 66.0)]
+
+
+def test_psnr_at_a_speed_is_on_the_line_between_the_settings_either_side() -> None:
+    assert psnr_at_speed(HERO, 1.75) == pytest.approx(71.0)
+    assert psnr_at_speed(HERO, 2.0) == pytest.approx(70.0)
+    assert psnr_at_speed(HERO, 2.6) is None, "no setting is faster: nothing brackets it"
+
+
+def test_a_setting_within_rounding_of_full_compute_skipped_nothing_and_is_left_out() -> None:
+    """161.5 dB at 1.1x would otherwise put a point of the line near 115 dB at 1.3x."""
+    assert psnr_at_speed(HERO, 1.3) is None
+    peer = row("TeaCache", "TeaCache all full", 1.12, 162.0)
+    assert against_peers([*HERO, peer]) == []
+
+
+def test_each_peer_meets_hero_at_its_speed_between_two_settings_or_faster() -> None:
+    same = row("TeaCache", "TeaCache l1=0.1", 1.52, 71.5)  # within 3 % of hero's 1.5x
+    between = row("EasyCache", "EasyCache e=0.1", 2.25, 67.0)  # hero's line: 68.0 at 2.25x
+    slower = row("TeaCache", "TeaCache l1=0.3", 1.2, 73.0, steps=10)
+    hero_at_10 = row(COMPARED, "d", 1.6, 72.5, steps=10)
+    lines = against_peers([*HERO, hero_at_10, same, between, slower])
+    assert len(lines) == 3
+    assert lines[0].endswith("| a: 1.50x / 72.00 | +0.50 |")
+    assert lines[1].endswith("| between: 68.00 | +1.00 |")
+    assert lines[2].endswith("| d: 1.60x / 72.50, faster | -0.50 |")
+
+
+def test_the_table_keeps_the_setting_nearest_the_target_and_the_best_fixed_interval_near_it() -> None:
+    rows = [row(ADAPTIVE, "adaptive 1", 1.8, 71.0), row(ADAPTIVE, "adaptive 2", 2.3, 69.0),
+            row(FIXED, "interval 3", 2.0, 68.0), row(FIXED, "interval 4", 2.2, 69.5),
+            row(FIXED, "interval 6", 3.0, 60.0)]
+    chosen = {r["family"]: r["method"] for r in at_target(rows, 2.0)}
+    assert chosen == {ADAPTIVE: "adaptive 1", FIXED: "interval 4"}
