@@ -34,7 +34,7 @@ def relative_l1_distance(values: Sequence[torch.Tensor], references: Sequence[to
 
     A full call computes this eagerly, so it is written in few ops: each one is a kernel launch and a dispatch
     (one stream: 5, about 65 us of host time on an H200 machine, where sums of absolute values took 11 ops and
-    170 us; docs/results.md, "The adaptive schedule on an H200")."""
+    170 us; docs/results.md, "Session 12: on an H200")."""
     moved = reduce(operator.add, (torch.linalg.vector_norm(v - r, 1, dtype=torch.float32)
                                   for v, r in zip(values, references, strict=True)))
     size = reduce(operator.add, (torch.linalg.vector_norm(r, 1, dtype=torch.float32) for r in references))
