@@ -17,10 +17,10 @@ call is short enough for them to show. Printed:
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from step_sweep import CHEAP_STEPS, SWEEP_DIT
 
 import hero_compile
 from hero_compile import adaptive, runtime
+from hero_compile.measurement import alternated_medians
 from hero_compile.testing.dit import flow_matching_sample, make_dit
 
 
@@ -104,14 +105,9 @@ def main() -> None:
             generation(name)
         for label, swapped in {"runtime's helpers": (adaptive.relative_l1_distance, runtime._all_finite),
                                "previous helpers": (previous_distance, previous_all_finite)}.items():
-            times: dict[str, list[float]] = {name: [] for name in compiled}
             with helpers(*swapped):
-                for _ in range(9):
-                    for name in compiled:
-                        start = time.perf_counter()
-                        generation(name)
-                        times[name].append(time.perf_counter() - start)
-            medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+                seconds = alternated_medians({name: partial(generation, name) for name in compiled}, repeats=9)
+            medians = {name: 1e3 * value for name, value in seconds.items()}
             fixed, adaptive_ms = medians.values()
             print(f"{label}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in medians.items())
                   + f"; adaptive - fixed {adaptive_ms - fixed:+.2f} ms ({adaptive_ms / fixed - 1:+.1%})")
