@@ -1,6 +1,6 @@
 """The step sweep's comparisons (``benchmarks/step_sweep.py``), which docs/results.md quotes: PSNR at a speed on the
-line between two settings, each peer setting against the adaptive hero, and what counts as skipping nothing.
-Synthetic rows: nothing is compiled or run."""
+line between two settings, each peer setting against the adaptive hero, and what counts as skipping nothing, on
+synthetic rows; and the world models it measures. Nothing is compiled or run."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from step_sweep import ADAPTIVE, COMPARED, FIXED, against_peers, at_target, psnr_at_speed
+from step_sweep import ADAPTIVE, COMPARED, FIXED, MODELS, against_peers, at_target, psnr_at_speed
 
 
 def row(family: str, method: str, speedup: float, psnr: float | None, steps: int = 20) -> dict[str, Any]:
@@ -55,3 +56,12 @@ def test_the_table_keeps_the_setting_nearest_the_target_and_the_best_fixed_inter
             row(FIXED, "interval 6", 3.0, 60.0)]
     chosen = {r["family"]: r["method"] for r in at_target(rows, 2.0)}
     assert chosen == {ADAPTIVE: "adaptive 1", FIXED: "interval 4"}
+
+
+def test_the_eight_maze_world_model_starts_with_the_one_maze_model_and_then_differs() -> None:
+    """docs/results.md reads the one-maze sweep as the first of ``world-8``'s mazes."""
+    one, eight = (MODELS[name](10, torch.device("cpu")).ground_truth for name in ("world", "world-8"))
+    assert one is not None and eight is not None
+    assert eight.shape == (8, *one.shape[1:])
+    assert torch.equal(eight[:1], one)
+    assert not any(torch.equal(eight[0], eight[i]) for i in range(1, 8))

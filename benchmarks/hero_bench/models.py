@@ -66,16 +66,17 @@ def benchmark_dit(quick: bool = False, steps: int = 20, config: DiTConfig | None
     )
 
 
-def world_model(quick: bool = False, weights: Path | None = None, steps: int | None = None) -> BenchModel:
-    """The bundled world model rolling out held-out mazes with guidance (two calls per step); ``steps`` per chunk
-    (10 with ``quick``, else 30, unless given)."""
+def world_model(quick: bool = False, weights: Path | None = None, steps: int | None = None,
+                mazes: int | None = None) -> BenchModel:
+    """The bundled world model rolling out held-out mazes as one batch with guidance (two calls per step);
+    ``steps`` per chunk (10 with ``quick``, else 30) and ``mazes`` (1 with ``quick``, else 2), unless given."""
     from hero_world.checkpoint import WEIGHTS_DIR, load_world_model
     from hero_world.data import HELD_OUT_SEEDS
     from hero_world.demo import psnr_rgb, ssim_rgb
     from hero_world.rollout import GUIDANCE, rollout_scenarios, scenario
 
-    seeds, chunks, default_steps = (1, 1, 10) if quick else (2, 2, 30)
-    steps = steps or default_steps
+    default_mazes, chunks, default_steps = (1, 1, 10) if quick else (2, 2, 30)
+    seeds, steps = mazes or default_mazes, steps or default_steps
     model = load_world_model(weights or WEIGHTS_DIR)
     config = model.config
     scenarios = [scenario(seed, chunks, config) for seed in HELD_OUT_SEEDS[:seeds]]
