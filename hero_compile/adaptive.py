@@ -70,8 +70,9 @@ class AdaptiveSchedule:
     """One generation's adaptive decisions. A step is full when it must be (warm-up, final steps), when
     ``max_cheap_steps`` cheap steps ran since the last full one, or when it is :attr:`spacing` steps after the last
     full step: the first step whose predicted distance, the newest distance per step read so far times the steps
-    since the last full step, reaches ``adaptive_threshold`` (before any reading arrived, the predicted distance
-    is 0: cheap steps up to the cap, unless the threshold is 0).
+    since the last full step, reaches ``adaptive_threshold``. Before the generation's first reading has landed,
+    the previous generation's first rate (:attr:`prior_rate`) stands in for it when the generation follows that one's
+    timesteps; without it the step is full, as one taken cheap blind can cost more than all the measured ones.
 
     The spacing is kept while the measured rate wavers: it changes only once the ideal spacing
     (``adaptive_threshold / rate``) is :data:`SPACING_MARGIN` past its bounds. For a given number of full steps, even
@@ -80,6 +81,8 @@ class AdaptiveSchedule:
     docs/results.md, "Adaptive schedule").
     """
 
+    prior_rate: float | None = None
+    """The previous generation's :attr:`first_rate`."""
     last_full_step: int = -1
     previous_full_step: int = -1
     decision: tuple[int, bool] | None = None
@@ -88,8 +91,11 @@ class AdaptiveSchedule:
     rate: float | None = None
     """The newest distance per step read (the largest of the calls of that step)."""
     rate_step: int = -1
+    first_rate: float | None = None
+    """This generation's first rate read (the largest of the calls of its step), handed on to the next one."""
+    first_rate_step: int = -1
     spacing: int | None = None
-    """Steps from one full step to the next, set from the rate (``None`` before any reading)."""
+    """Steps from one full step to the next, set from the rate (``None`` before any reading and prior)."""
 
     def is_full(self, step: int, config: HeroConfig, total_steps: int | None) -> bool:
         if self.decision is None or self.decision[0] != step:
@@ -115,8 +121,14 @@ class AdaptiveSchedule:
         # Deterministic algorithms asked for: decide from every earlier step's readings, waiting for them, so that
         # the decisions do not depend on how far the host runs ahead of the device.
         self._collect(config.adaptive_threshold, wait=torch.are_deterministic_algorithms_enabled())
-        if self.spacing is None:  # no reading yet: the predicted distance is 0
-            return config.adaptive_threshold <= 0
+        if self.spacing is None:
+            # No reading yet. A cheap step taken blind at a threshold under the rate costs more than every measured
+            # one: on the eight-maze world model at 30 steps, one at step 1 cost as much as 14 measured ones
+            # (docs/results.md, "Session 14"). The previous generation's first rate is a measurement of this one's
+            # when both run the same timesteps (``total_steps`` is known only then).
+            if self.prior_rate is None or total_steps is None:
+                return True
+            self.spacing = _kept_spacing(None, _ideal_spacing(config.adaptive_threshold, self.prior_rate))
         return step - self.last_full_step >= self.spacing
 
     def _collect(self, threshold: float, wait: bool) -> None:
@@ -130,9 +142,15 @@ class AdaptiveSchedule:
             if reading.step == self.rate_step and self.rate is not None:
                 rate = max(rate, self.rate)
             self.rate, self.rate_step = rate, reading.step
-            # A still input predicts no distance: only a threshold of 0 is reached, at every step.
-            ideal = threshold / rate if rate > 0 else math.inf if threshold > 0 else 0.0
-            self.spacing = _kept_spacing(self.spacing, ideal)
+            if self.first_rate_step in (-1, reading.step):
+                self.first_rate, self.first_rate_step = rate, reading.step
+            self.spacing = _kept_spacing(self.spacing, _ideal_spacing(threshold, rate))
+
+
+def _ideal_spacing(threshold: float, rate: float) -> float:
+    """Steps until a distance growing by ``rate`` per step reaches ``threshold``; a still input predicts no
+    distance, so only a threshold of 0 is reached, at every step."""
+    return threshold / rate if rate > 0 else math.inf if threshold > 0 else 0.0
 
 
 def _kept_spacing(spacing: int | None, ideal: float) -> int:

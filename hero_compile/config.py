@@ -54,9 +54,11 @@ class HeroConfig:
             is computed in full (>= 0). Every call measures it on the device (cheap calls inside the graph, full
             calls from the previous full step); the host reads it one call later or after, never waiting, and
             predicts the next step's distance as the newest distance per step times the steps since the last full
-            one. The spacing of full steps this gives is kept until the measured rate moves 10 % past it, so
-            that a rate at a boundary does not alternate two spacings (even spacing extrapolates least). 0
-            computes every step in full; larger is faster and drifts further from full compute. On a GPU,
+            one. Until a generation's first reading lands, the previous generation's first one stands in for it
+            if that generation ran the same timesteps; without it the step is full. The spacing of full steps
+            this gives is kept until the measured rate moves 10 % past it, so that a rate at a boundary does not
+            alternate two spacings (even spacing extrapolates least). 0 computes every step in full; larger is
+            faster and drifts further from full compute. On a GPU,
             which readings have landed by a decision depends on timing, and so can the decisions; under
             ``torch.use_deterministic_algorithms(True)`` each step waits for the earlier steps' readings instead,
             and decides the same from run to run.

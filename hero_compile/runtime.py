@@ -140,7 +140,7 @@ class GenerationState:
                 self.previous_timesteps = self.timesteps
             self.timesteps, self.step, self.slot = [timestep], 0, 0
             self.slots.clear()
-            self.adaptive = AdaptiveSchedule()
+            self.adaptive = AdaptiveSchedule(prior_rate=self.adaptive.first_rate)
             self.timestep, self.trusted = timestep, True
             return True
         if timestep == self.timestep:

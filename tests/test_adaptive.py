@@ -295,6 +295,39 @@ def test_under_deterministic_algorithms_a_lagging_device_decides_as_a_prompt_one
     assert waits and min(waits) >= 1
 
 
+def test_no_step_is_taken_cheap_before_a_reading_or_a_prior_says_so(
+        model: DiT, noise: torch.Tensor, monkeypatch: pytest.MonkeyPatch, clock: CallClock) -> None:
+    """A threshold under every measured rate computes every step, on a device whose readings land three calls
+    late too: before the first reading lands, a first generation runs full and later ones decide from the
+    previous generation's first rate (step 1 taken blind cost as much as 14 measured cheap steps on the world
+    model)."""
+    lagging_device(monkeypatch, clock)
+    output, recorder = run(model, noise, adaptive(1e-6, warmup_steps=1), generations=2)
+    assert all(call.full for call in recorder.calls)
+    with torch.no_grad():
+        plain = flow_matching_sample(torch.compile(model, backend="aot_eager", fullgraph=True), noise, STEPS)
+    assert torch.equal(output, plain)
+
+
+def test_the_previous_generation_s_first_rate_stands_in_until_a_reading_lands(
+        model: DiT, noise: torch.Tensor, monkeypatch: pytest.MonkeyPatch, clock: CallClock) -> None:
+    lagging_device(monkeypatch, clock)
+    _, recorder = run(model, noise, adaptive(0.2, warmup_steps=1), generations=2)
+    first, second = full_pattern(recorder)[:STEPS], full_pattern(recorder)[STEPS:]
+    # Step 1's reading lands at step 4: until then the first generation has nothing to decide from.
+    assert first[:4] == [True] * 4 and False in first[4:]
+    assert second[:2] == [True, False]
+
+
+def test_a_prior_from_other_timesteps_is_not_used() -> None:
+    """The previous generation's first rate stands in only when this one follows its timesteps (its length known)."""
+    config = adaptive(0.05, warmup_steps=1)
+    assert not AdaptiveSchedule(prior_rate=0.01).is_full(1, config, total_steps=STEPS)
+    assert AdaptiveSchedule(prior_rate=0.01).is_full(1, config, total_steps=None)
+    assert AdaptiveSchedule(prior_rate=0.06).is_full(1, config, total_steps=STEPS)
+    assert AdaptiveSchedule().is_full(1, config, total_steps=STEPS)
+
+
 class AllReducedBlocks(nn.Module):
     """Blocks that all-reduce their output over the process group, as context-parallel attention communicates."""
 
