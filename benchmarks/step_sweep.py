@@ -13,6 +13,8 @@ batch): rows, a Markdown table and a plot in ``--out``;
 ``--render`` redraws the tables and the plot from ``--out``'s rows without running anything. ``--device cuda`` runs
 the DiTs on a GPU and counts each method's device syncs in a generation; there the sweep DiT is launch-bound, and
 ``--models dit-gpu`` is a DiT sized for a GPU (:data:`GPU_DIT`). Results are written after each step count.
+``--only SETTING...`` re-measures the named settings alone (full compute beside them, for their speedups) and
+replaces their rows in ``--out``'s rows.json, marked with the command: after a change that moves only them.
 """
 
 from __future__ import annotations
@@ -113,7 +115,10 @@ def markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]], command: 
     (in parentheses, PSNR vs ground truth where the model has one), and on CUDA the device syncs of a generation."""
     # On CUDA the harness counts each method's device syncs over one generation.
     syncs = all("syncs_per_generation" in r for r in rows)
-    lines = [f"Regenerate with `{command}`.", "", "| model | steps | family | setting | speedup | PSNR |"
+    remeasured = sorted({r["remeasured_with"] for r in rows if "remeasured_with" in r})
+    lines = [f"Regenerate with `{command}`.", *(f"Settings re-measured with `{c}` (full compute beside them)."
+                                               for c in remeasured),
+             "", "| model | steps | family | setting | speedup | PSNR |"
              + (" syncs / generation |" if syncs else ""), "|---|---|---|---|---|---|" + ("---|" if syncs else "")]
     lines += [f"| {r['model']} | {r['steps']} | {r['family']} | {r['method']} | {r['speedup']:.2f}x | "
               f"{_quality(r)} |" + (f" {r['syncs_per_generation']} |" if syncs else "") for r in chosen]
@@ -225,26 +230,46 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/step_sweep"))
     parser.add_argument("--render", action="store_true", help="redraw the tables and plot from --out's rows.json")
+    parser.add_argument("--only", nargs="+", metavar="SETTING",
+                        help="re-measure these settings alone and replace their rows in --out's rows.json")
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"),
                         help="where the DiTs run (cuda: each generation ends with a synchronize, and the device "
                         "syncs of one generation per method are counted); the world model runs on the CPU")
     args = parser.parse_args()
     if args.device.type != "cpu" and any(model.startswith("world") for model in args.models):
         parser.error(f"--device {args.device} runs the DiTs only; the world model's rollout is built on the CPU")
-    rows: list[dict[str, Any]] = json.loads((args.out / "rows.json").read_text()) if args.render else []
+    if args.only:
+        known = {m.name for model in args.models for steps in args.steps for m in methods(model, steps)}
+        if unknown := sorted(set(args.only) - known):
+            parser.error(f"--only {unknown}: not settings of these models and steps; they are {sorted(known)}")
+    rows: list[dict[str, Any]] = (json.loads((args.out / "rows.json").read_text()) if args.render or args.only
+                                  else [])
     command = "python benchmarks/step_sweep.py " + " ".join(
         [f"--models {' '.join(args.models)}", f"--steps {' '.join(map(str, args.steps))}",
          f"--lowering {args.lowering}", f"--repeats {args.repeats}", f"--threads {args.threads}", f"--out {args.out}",
          *([f"--device {args.device}"] if args.device.type != "cpu" else [])])
+    only_command = command + " --only " + " ".join(f'"{name}"' for name in args.only or ())
     for model in () if args.render else args.models:
         for steps in args.steps:
+            chosen = [m for m in methods(model, steps) if not args.only or m.name in args.only]
+            if not chosen:
+                continue
             bench = MODELS[model](steps, args.device)
-            for row in run_benchmark(bench, methods(model, steps), lowering=args.lowering, repeats=args.repeats,
-                                     threads=args.threads, facts=False):
-                rows.append(row | {"model": model, "steps": steps})
+            measured = [row | {"model": model, "steps": steps} for row in run_benchmark(
+                bench, chosen, lowering=args.lowering, repeats=args.repeats, threads=args.threads, facts=False)]
+            rows = remeasured(rows, measured, only_command) if args.only else rows + measured
             # After each step count, so that a run cut short keeps what it measured.
             write_results(rows, args.target, args.out, command)
     print(write_results(rows, args.target, args.out, command))
+
+
+def remeasured(rows: list[dict[str, Any]], measured: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
+    """``rows`` with each of ``measured``'s settings (but full compute, the speedups' reference) in place of its row,
+    marked as re-measured with ``command``."""
+    new = {(r["model"], r["steps"], r["method"]): r | {"remeasured_with": command}
+           for r in measured if r["method"] != REFERENCE}
+    kept = [new.pop((r["model"], r["steps"], r["method"]), r) for r in rows]
+    return kept + list(new.values())
 
 
 def write_results(rows: list[dict[str, Any]], target: float, out: Path, command: str) -> str:

@@ -13,7 +13,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from step_sweep import ADAPTIVE, COMPARED, FIXED, MODELS, against_peers, at_target, psnr_at_speed
+from hero_bench.harness import REFERENCE
+from step_sweep import ADAPTIVE, COMPARED, FIXED, MODELS, against_peers, at_target, markdown, psnr_at_speed, remeasured
 
 
 def row(family: str, method: str, speedup: float, psnr: float | None, steps: int = 20) -> dict[str, Any]:
@@ -65,3 +66,13 @@ def test_the_eight_maze_world_model_starts_with_the_one_maze_model_and_then_diff
     assert eight.shape == (8, *one.shape[1:])
     assert torch.equal(eight[:1], one)
     assert not any(torch.equal(eight[0], eight[i]) for i in range(1, 8))
+
+
+def test_a_re_measured_setting_replaces_its_row_in_place_and_full_compute_stays() -> None:
+    rows = [row("full", REFERENCE, 1.0, None), *HERO, row(COMPARED, "a", 1.6, 71.0, steps=10)]
+    measured = [row("full", REFERENCE, 1.0, None), row(COMPARED, "a", 1.0, None)]
+    merged = remeasured(rows, measured, "sweep --only a")
+    assert [(r["method"], r["steps"]) for r in merged] == [(r["method"], r["steps"]) for r in rows]
+    assert merged[2] == measured[1] | {"remeasured_with": "sweep --only a"}
+    assert merged[0] == rows[0] and merged[5] == rows[5], "full compute and the other step count are kept"
+    assert "Settings re-measured with `sweep --only a`" in markdown(merged, [], "sweep")
