@@ -299,8 +299,7 @@ def test_no_step_is_taken_cheap_before_a_reading_or_a_prior_says_so(
         model: DiT, noise: torch.Tensor, monkeypatch: pytest.MonkeyPatch, clock: CallClock) -> None:
     """A threshold under every measured rate computes every step, on a device whose readings land three calls
     late too: before the first reading lands, a first generation runs full and later ones decide from the
-    previous generation's first rate (step 1 taken blind cost as much as 14 measured cheap steps on the world
-    model)."""
+    previous generation's first rate."""
     lagging_device(monkeypatch, clock)
     output, recorder = run(model, noise, adaptive(1e-6, warmup_steps=1), generations=2)
     assert all(call.full for call in recorder.calls)
