@@ -75,4 +75,4 @@ def test_a_re_measured_setting_replaces_its_row_in_place_and_full_compute_stays(
     assert [(r["method"], r["steps"]) for r in merged] == [(r["method"], r["steps"]) for r in rows]
     assert merged[2] == measured[1] | {"remeasured_with": "sweep --only a"}
     assert merged[0] == rows[0] and merged[5] == rows[5], "full compute and the other step count are kept"
-    assert "Settings re-measured with `sweep --only a`" in markdown(merged, [], "sweep")
+    assert "full compute beside them, with `sweep --only a`" in markdown(merged, [], "sweep")
