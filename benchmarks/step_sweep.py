@@ -13,8 +13,9 @@ batch): rows, a Markdown table and a plot in ``--out``;
 ``--render`` redraws the tables and the plot from ``--out``'s rows without running anything. ``--device cuda`` runs
 the DiTs on a GPU and counts each method's device syncs in a generation; there the sweep DiT is launch-bound, and
 ``--models dit-gpu`` is a DiT sized for a GPU (:data:`GPU_DIT`). Results are written after each step count.
-``--only SETTING...`` re-measures the named settings alone (full compute beside them, for their speedups) and
-replaces their rows in ``--out``'s rows.json, marked with the command: after a change that moves only them.
+``--only SETTING...`` measures the named settings alone (full compute beside them, for their speedups) and puts
+their rows in ``--out``'s rows.json in place of their old ones, or adds them, marked with the command: after a
+change that moves only them, or to add a setting.
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/step_sweep"))
     parser.add_argument("--render", action="store_true", help="redraw the tables and plot from --out's rows.json")
     parser.add_argument("--only", nargs="+", metavar="SETTING",
-                        help="re-measure these settings alone and replace their rows in --out's rows.json")
+                        help="measure these settings alone; their rows replace their old ones in --out's rows.json")
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"),
                         help="where the DiTs run (cuda: each generation ends with a synchronize, and the device "
                         "syncs of one generation per method are counted); the world model runs on the CPU")
@@ -266,7 +267,7 @@ def main() -> None:
 
 def remeasured(rows: list[dict[str, Any]], measured: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
     """``rows`` with each of ``measured``'s settings (but full compute, the speedups' reference) in place of its row,
-    marked as re-measured with ``command``."""
+    or added after them, marked as measured with ``command``."""
     new = {(r["model"], r["steps"], r["method"]): r | {"remeasured_with": command}
            for r in measured if r["method"] != REFERENCE}
     kept = [new.pop((r["model"], r["steps"], r["method"]), r) for r in rows]
