@@ -58,10 +58,9 @@ class HeroConfig:
             if that generation ran the same timesteps; without it the step is full. The spacing of full steps
             this gives is kept until the measured rate moves 10 % past it, so that a rate at a boundary does not
             alternate two spacings (even spacing extrapolates least). 0 computes every step in full; larger is
-            faster and drifts further from full compute. On a GPU,
-            which readings have landed by a decision depends on timing, and so can the decisions; under
-            ``torch.use_deterministic_algorithms(True)`` each step waits for the earlier steps' readings instead,
-            and decides the same from run to run.
+            faster and drifts further from full compute. On a GPU, which readings have landed by a decision
+            depends on timing, and so can the decisions; under ``torch.use_deterministic_algorithms(True)`` each
+            step waits for the earlier steps' readings instead, and decides the same from run to run.
         max_cheap_steps: with ``schedule="adaptive"``, the most cheap steps in a row (>= 1), however small the
             measured change: extrapolation error grows with the distance from the last full steps.
         final_full_steps: the last steps of a generation computed in full (>= 0), where fine detail forms.
