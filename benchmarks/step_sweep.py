@@ -57,8 +57,13 @@ FIXED_INTERVALS = {"dit": (2, 3, 4), "dit-gpu": (2, 3, 4), "world": (2, 3, 4), "
 # world-8's 0.025 gives interval 4's full steps at 50 steps, where TeaCache l1=0.2 runs (0.02 and 0.03 bracket it).
 ADAPTIVE_THRESHOLDS = {"dit": (0.02, 0.03, 0.06, 0.09, 0.12, 0.2), "dit-gpu": (0.02, 0.03, 0.06, 0.09, 0.12, 0.2),
                        "world": (0.01, 0.02, 0.04, 0.08), "world-8": (0.01, 0.02, 0.025, 0.03, 0.04, 0.06, 0.08)}
-TEACACHE_THRESHOLDS = (0.1, 0.2)
-EASYCACHE_THRESHOLDS = (0.05, 0.1)
+# Each peer's settings bracket 2x at every step count, so that its PSNR at 2x is read between near settings (with
+# l1=0.1 and 0.2 alone TeaCache had 1.76x and 3.15x at 20 steps on the DiT, and EasyCache nothing under 2x at 30
+# and 50): the shares of steps each threshold computes, `schedule_check.py --peer` (docs/results.md, "Session 15").
+# EasyCache's own default is 0.025.
+_DIT_PEERS = {"TeaCache": (0.1, 0.15, 0.2), "EasyCache": (0.025, 0.05, 0.075, 0.1, 0.15, 0.2)}
+_WORLD_PEERS = {"TeaCache": (0.1, 0.15, 0.2, 0.3), "EasyCache": (0.05, 0.1, 0.15, 0.2, 0.3)}
+PEER_THRESHOLDS = {"dit": _DIT_PEERS, "dit-gpu": _DIT_PEERS, "world": _WORLD_PEERS, "world-8": _WORLD_PEERS}
 FIXED, ADAPTIVE = "hero fixed", "hero adaptive"
 
 
@@ -86,8 +91,9 @@ def methods(model: str, steps: int) -> list[Method]:
                                         f"hero backend, adaptive schedule (in-graph estimate, read one call later)"
                                         f"{suffix}, last step full", reset=False)
                      for t in ADAPTIVE_THRESHOLDS[model]]
-    return [*fixed, *adaptive, *(teacache(t, steps) for t in TEACACHE_THRESHOLDS),
-            *(easycache(t, steps) for t in EASYCACHE_THRESHOLDS)]
+    peers = PEER_THRESHOLDS[model]
+    return [*fixed, *adaptive, *(teacache(t, steps) for t in peers["TeaCache"]),
+            *(easycache(t, steps) for t in peers["EasyCache"])]
 
 
 def at_target(rows: list[dict[str, Any]], target: float) -> list[dict[str, Any]]:
@@ -112,9 +118,10 @@ def _quality(row: dict[str, Any]) -> str:
     return text + (f" ({row['psnr_vs_truth']:.2f})" if "psnr_vs_truth" in row else "")
 
 
-def markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]], command: str) -> str:
-    """The settings nearest the target per step count, then every setting: speedup and PSNR vs full compute
-    (in parentheses, PSNR vs ground truth where the model has one), and on CUDA the device syncs of a generation."""
+def markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]], command: str, target: float = 2.0) -> str:
+    """The settings nearest the target per step count, each family's PSNR at the target, then every setting:
+    speedup and PSNR vs full compute (in parentheses, PSNR vs ground truth where the model has one), and on CUDA the
+    device syncs of a generation."""
     # On CUDA the harness counts each method's device syncs over one generation.
     syncs = all("syncs_per_generation" in r for r in rows)
     apart = sorted({r["remeasured_with"] for r in rows if "remeasured_with" in r})
@@ -125,6 +132,12 @@ def markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]], command: 
     lines += [f"| {r['model']} | {r['steps']} | {r['family']} | {r['method']} | {r['speedup']:.2f}x | "
               f"{_quality(r)} |" + (f" {r['syncs_per_generation']} |" if syncs else "") for r in chosen]
     steps = sorted({r["steps"] for r in rows})
+    lines += ["", f"PSNR at {target:g}x, on the line between each family's settings either side (the plot; empty where "
+              "none is on one side):", "", "| model | family | " + " | ".join(f"{n} steps" for n in steps) + " |",
+              "|---|---|" + "---|" * len(steps)]
+    lines += [f"| {model} | {family} | " + " | ".join("" if by_steps.get(n) is None else f"{by_steps[n]:.2f}"
+                                                     for n in steps) + " |"
+              for (model, family), by_steps in psnr_at_speed_per_family(rows, target).items()]
     lines += ["", "Every setting, speedup / PSNR:", "", "| model | setting | " + " | ".join(f"{n} steps" for n in steps)
               + " |", "|---|---|" + "---|" * len(steps)]
     cells: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
@@ -194,6 +207,17 @@ def psnr_at_speed(rows: list[dict[str, Any]], target: float) -> float | None:
     return None
 
 
+def psnr_at_speed_per_family(rows: list[dict[str, Any]], target: float
+                             ) -> dict[tuple[str, str], dict[int, float | None]]:
+    """Per model and family, its PSNR at ``target`` speedup at each step count (:func:`psnr_at_speed`)."""
+    settings: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["method"] != REFERENCE:
+            settings[r["model"], r["family"]][r["steps"]].append(r)
+    return {key: {steps: psnr_at_speed(members, target) for steps, members in sorted(by_steps.items())}
+            for key, by_steps in settings.items()}
+
+
 def plot(rows: list[dict[str, Any]], target: float, path: Path) -> None:
     """Per model, each family's PSNR at ``target`` speedup (:func:`psnr_at_speed`) against the step count."""
     import matplotlib
@@ -203,14 +227,10 @@ def plot(rows: list[dict[str, Any]], target: float, path: Path) -> None:
 
     models = sorted({r["model"] for r in rows})
     figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    per_family = psnr_at_speed_per_family(rows, target)
     for axis, model in zip(axes[0], models):
-        settings: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-        for r in rows:
-            if r["model"] == model and r["method"] != REFERENCE:
-                settings[r["family"]][r["steps"]].append(r)
-        for family, by_steps in settings.items():
-            points = [(steps, psnr_at_speed(members, target)) for steps, members in sorted(by_steps.items())]
-            kept = [(steps, psnr) for steps, psnr in points if psnr is not None]
+        for (family_model, family), by_steps in per_family.items():
+            kept = [(steps, psnr) for steps, psnr in by_steps.items() if psnr is not None and family_model == model]
             axis.plot([steps for steps, _ in kept], [psnr for _, psnr in kept], marker="o", label=family)
         axis.set(title=f"{model}: PSNR at {target:g}x, between the settings on either side",
                  xlabel="denoising steps", ylabel="PSNR vs full compute (dB)")
@@ -279,7 +299,7 @@ def write_results(rows: list[dict[str, Any]], target: float, out: Path, command:
     chosen = at_target(rows, target)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rows.json").write_text(json.dumps(rows, indent=2) + "\n")
-    text = markdown(rows, chosen, command)
+    text = markdown(rows, chosen, command, target)
     (out / "step_sweep.md").write_text(text)
     plot(rows, target, out / "step_sweep.png")
     return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import torch
 from conftest import assert_bar_separates
 from hero_bench.harness import run_benchmark
 from hero_bench.host_caches import (
+    AccumulatedChangeCache,
+    EasyCache,
+    TeaCache,
     WorldCache,
     WorldCacheSettings,
     duca,
@@ -75,6 +79,24 @@ def test_baseline_at_its_exact_setting_equals_full_compute(method: Method, dit: 
     aggressive steps aside: interval 2 has none); FBCache, WorldCache, TeaCache and EasyCache with threshold 0
     never skip."""
     torch.testing.assert_close(generate(method, dit), full_output, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("cache", "threshold", "computed"), [
+    (TeaCache, 0.0, 8), (EasyCache, 0.0, 8),
+    # over any change: the forced steps alone, TeaCache's first and EasyCache's first two (its rate needs two)
+    (TeaCache, 10.0, 2), (EasyCache, 10.0, 3)])
+def test_accumulated_change_caches_count_the_calls_that_ran_the_stack(
+        cache: type[AccumulatedChangeCache], threshold: float, computed: int, dit: nn.Module) -> None:
+    """The count ``schedule_check.py --peer`` reports as a share, from zero again after a reset."""
+    model = copy.deepcopy(dit)
+    stack = cache(model.blocks, 1, OPTIONS, 8, threshold)
+    model.blocks = nn.ModuleList([stack])
+    noise = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for _ in range(2):
+            stack.reset()
+            flow_matching_sample(model, noise, 8)
+            assert (stack.computed_calls, stack.calls) == (computed, 8)
 
 
 @pytest.fixture(scope="module")

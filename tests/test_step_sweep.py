@@ -14,7 +14,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from hero_bench.harness import REFERENCE
-from step_sweep import ADAPTIVE, COMPARED, FIXED, MODELS, against_peers, at_target, markdown, psnr_at_speed, remeasured
+from step_sweep import (
+    ADAPTIVE,
+    COMPARED,
+    FIXED,
+    MODELS,
+    against_peers,
+    at_target,
+    markdown,
+    psnr_at_speed,
+    remeasured,
+)
 
 
 def row(family: str, method: str, speedup: float, psnr: float | None, steps: int = 20) -> dict[str, Any]:
@@ -30,6 +40,14 @@ def test_psnr_at_a_speed_is_on_the_line_between_the_settings_either_side() -> No
     assert psnr_at_speed(HERO, 1.75) == pytest.approx(71.0)
     assert psnr_at_speed(HERO, 2.0) == pytest.approx(70.0)
     assert psnr_at_speed(HERO, 2.6) is None, "no setting is faster: nothing brackets it"
+
+
+def test_the_table_at_the_target_gives_each_family_its_line_and_leaves_a_cell_empty_without_one() -> None:
+    peer = [row("TeaCache", "TeaCache l1=0.1", 1.8, 71.0), row("TeaCache", "TeaCache l1=0.2", 3.0, 65.0),
+            row("TeaCache", "TeaCache l1=0.2", 2.2, 68.0, steps=10)]
+    text = markdown([*HERO, *peer], [], "sweep").replace("|  |", "| |")
+    assert "| dit | TeaCache | | 70.00 |" in text, "nothing under 2x at 10 steps"
+    assert f"| dit | {COMPARED} | | 70.00 |" in text, "no setting at 10 steps"
 
 
 def test_a_setting_within_rounding_of_full_compute_skipped_nothing_and_is_left_out() -> None:

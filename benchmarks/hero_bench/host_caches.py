@@ -134,6 +134,12 @@ class AccumulatedChangeCache(HostCachedStack):
         super().__init__(blocks, calls_per_step)
         self.steps, self.threshold, self.warmup_steps = steps, threshold, warmup_steps
         self.compute = compile_with(options, _run_blocks, fullgraph=True)
+        self.computed_calls = 0
+        """Calls that ran the stack, since the last :meth:`reset`."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.computed_calls = 0
 
     def run(self, h: torch.Tensor, cond: torch.Tensor, rotary: Rotary, step: int, cache: dict[str, Any]
             ) -> torch.Tensor:
@@ -145,6 +151,7 @@ class AccumulatedChangeCache(HostCachedStack):
             if cache["accumulated"] < self.threshold:
                 return h + cache["residual"]
         out = self.compute(self.blocks, h, cond, rotary)
+        self.computed_calls += 1
         self.computed(h, out, cache)
         cache.update(residual=out - h, accumulated=0.0)
         return out
