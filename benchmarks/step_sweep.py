@@ -54,9 +54,9 @@ MODELS: dict[str, Callable[[int, torch.device], BenchModel]] = {
 }
 FIXED_INTERVALS = {"dit": (2, 3, 4), "dit-gpu": (2, 3, 4), "world": (2, 3, 4), "world-8": (2, 3, 4)}
 # The stack input's distance per step is about 0.5 / steps on the DiT and 0.37 / steps on the world model.
-# world-8's 0.025 gives interval 4's full steps at 50 steps, where TeaCache l1=0.2 runs (0.02 and 0.03 bracket it).
+# On the world models 0.025 gives interval 4's full steps at 50 steps, which 0.02 and 0.03 bracket.
 ADAPTIVE_THRESHOLDS = {"dit": (0.02, 0.03, 0.06, 0.09, 0.12, 0.2), "dit-gpu": (0.02, 0.03, 0.06, 0.09, 0.12, 0.2),
-                       "world": (0.01, 0.02, 0.04, 0.08), "world-8": (0.01, 0.02, 0.025, 0.03, 0.04, 0.06, 0.08)}
+                       "world": (0.01, 0.02, 0.025, 0.04, 0.08), "world-8": (0.01, 0.02, 0.025, 0.03, 0.04, 0.06, 0.08)}
 # Each peer's settings bracket 2x at every step count, so that its PSNR at 2x is read between near settings (with
 # l1=0.1 and 0.2 alone TeaCache had 1.76x and 3.15x at 20 steps on the DiT, and EasyCache nothing under 2x at 30
 # and 50): the shares of steps each threshold computes, `schedule_check.py --peer` (docs/results.md, "Session 15").
