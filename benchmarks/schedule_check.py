@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
-from hero_bench.host_caches import AccumulatedChangeCache, EasyCache, TeaCache
+from hero_bench.host_caches import AccumulatedChangeCache, EasyCache, TeaCache, with_stack
 from hero_bench.methods import BuildOptions
 from hero_bench.models import BenchModel
 from step_sweep import MODELS
@@ -73,11 +72,9 @@ def run_hero(bench: BenchModel, fields: dict[str, Any]) -> tuple[str, torch.Tens
 def run_peer(bench: BenchModel, family: str, threshold: float) -> tuple[str, torch.Tensor, float]:
     """As :func:`run_hero`, for a peer: its stack replaces a copy of the model's, and decides per sampling loop."""
     torch._dynamo.reset()
-    model = copy.deepcopy(bench.model)
-    assert isinstance(model.blocks, nn.ModuleList)
     options = BuildOptions("aot_eager", fullgraph=True, calls_per_step=bench.calls_per_step)
-    stack = PEER_CACHES[family](model.blocks, bench.calls_per_step, options, bench.steps, threshold)
-    model.blocks = nn.ModuleList([stack])
+    model, stack = with_stack(bench.model, lambda blocks: PEER_CACHES[family](
+        blocks, bench.calls_per_step, options, bench.steps, threshold), family)
     bench.generate(model)
     stack.reset()
     output = bench.generate(model)

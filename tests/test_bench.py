@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from hero_bench.host_caches import (
     first_block_cache,
     teacache,
     toca,
+    with_stack,
     worldcache,
 )
 from hero_bench.methods import (
@@ -88,9 +88,7 @@ def test_baseline_at_its_exact_setting_equals_full_compute(method: Method, dit: 
 def test_accumulated_change_caches_count_the_calls_that_ran_the_stack(
         cache: type[AccumulatedChangeCache], threshold: float, computed: int, dit: nn.Module) -> None:
     """The count ``schedule_check.py --peer`` reports as a share, from zero again after a reset."""
-    model = copy.deepcopy(dit)
-    stack = cache(model.blocks, 1, OPTIONS, 8, threshold)
-    model.blocks = nn.ModuleList([stack])
+    model, stack = with_stack(dit, lambda blocks: cache(blocks, 1, OPTIONS, 8, threshold), cache.__name__)
     noise = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for _ in range(2):

@@ -18,7 +18,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -455,18 +455,28 @@ def _curvature_groups(curvature: torch.Tensor, settings: WorldCacheSettings) -> 
     return curvature < flat.quantile(settings.stable), curvature >= flat.quantile(settings.chaotic)
 
 
+StackT = TypeVar("StackT", bound=HostCachedStack)
+
+
+def with_stack(model: nn.Module, make_stack: Callable[[nn.ModuleList], StackT], name: str
+               ) -> tuple[nn.Module, StackT]:
+    """A copy of ``model`` whose ``blocks`` are replaced by ``make_stack(blocks)``, and that stack; ``name`` says
+    which method needs it, should the model have no block list."""
+    copied = copy.deepcopy(model)
+    blocks = copied.blocks
+    if not isinstance(blocks, nn.ModuleList):
+        raise TypeError(f"{name} needs a model whose `blocks` is an nn.ModuleList called as block(h, cond[, rotary])")
+    stack = make_stack(blocks)
+    copied.blocks = nn.ModuleList([stack])
+    return copied, stack
+
+
 def host_cache_method(name: str, family: str, implementation: str,
                       make_stack: Callable[[nn.ModuleList, BuildOptions], HostCachedStack]) -> Method:
     """A method that runs a copy of the model with its ``blocks`` replaced by ``make_stack(blocks, options)``."""
 
     def build(model: nn.Module, options: BuildOptions) -> Candidate:
-        copied = copy.deepcopy(model)
-        blocks = copied.blocks
-        if not isinstance(blocks, nn.ModuleList):
-            raise TypeError(f"{name} needs a model whose `blocks` is an nn.ModuleList called as "
-                            "block(h, cond[, rotary])")
-        stack = make_stack(blocks, options)
-        copied.blocks = nn.ModuleList([stack])
+        copied, stack = with_stack(model, lambda blocks: make_stack(blocks, options), name)
         return Candidate(compile_with(options, copied), stack.reset, stack.cache_bytes)
 
     return Method(name, family, implementation, build)
