@@ -21,8 +21,8 @@ from functools import partial
 from typing import Any
 
 import torch
-from hero_bench.host_caches import AccumulatedChangeCache, EasyCache, TeaCache, with_stack
-from hero_bench.methods import BuildOptions
+from hero_bench.host_caches import AccumulatedChangeCache, EasyCache, TeaCache, easycache, teacache, with_stack
+from hero_bench.methods import BuildOptions, Method
 from hero_bench.models import BenchModel
 from step_sweep import MODELS
 from torch import nn
@@ -45,8 +45,8 @@ def parse_config(text: str) -> dict[str, Any]:
 
 PeerCache = Callable[[nn.ModuleList, int, BuildOptions, int, float], AccumulatedChangeCache]
 PEER_CACHES: dict[str, PeerCache] = {"TeaCache": TeaCache, "EasyCache": EasyCache}
-PEER_SETTING = {"TeaCache": "l1", "EasyCache": "e"}
-"""How step_sweep names each peer's threshold."""
+PEER_METHODS: dict[str, Callable[[float, int], Method]] = {"TeaCache": teacache, "EasyCache": easycache}
+"""The sweep's methods, for their names."""
 
 
 def parse_peer(text: str) -> tuple[str, float]:
@@ -78,7 +78,7 @@ def run_peer(bench: BenchModel, family: str, threshold: float) -> tuple[str, tor
     bench.generate(model)
     stack.reset()
     output = bench.generate(model)
-    return f"{family} {PEER_SETTING[family]}={threshold}", output, stack.computed_calls / stack.calls
+    return PEER_METHODS[family](threshold, bench.steps).name, output, stack.computed_calls / stack.calls
 
 
 def main() -> None:
